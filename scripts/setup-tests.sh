@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything the three test tiers need on a fresh Debian 12 machine (run as root):
+# Debian packages (oracles, QEMU for the probe-under-QEMU test and the nested rig), pvhboot itself
+# with its test extras, and the Debian cloud kernel .deb (cached in .cache/, never committed).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils binutils gcc make python3 \
+      libpython3.11-stdlib python3-minimal libffi8)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
+"$root/scripts/fetch-debian-kernel.sh" >/dev/null
