@@ -1,0 +1,138 @@
+"""A KVM virtual machine fd (api.rst "VM ioctls"): memory slots, in-kernel irqchip and PIT, IRQ lines,
+coalesced MMIO/PIO zones, vCPU creation."""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import struct
+
+from ..abi import kvm as abi
+from ..errors import KvmError
+
+_ioctl = fcntl.ioctl
+_IRQ_LEVEL = struct.Struct("<II")  # struct kvm_irq_level {irq, level}
+
+
+class IrqLine:
+    """One interrupt line (GSI) of the in-kernel PIC/IOAPIC, driven with KVM_IRQ_LINE.
+
+    Matches the devices' ``IrqLine`` protocol (``set_level(high)``) by duck typing: devices never see KVM.
+    """
+
+    __slots__ = ("gsi", "_fd", "_high", "_low", "level")
+
+    def __init__(self, vm_fd: int, gsi: int):
+        self.gsi = gsi
+        self._fd = vm_fd
+        self._high = _IRQ_LEVEL.pack(gsi, 1)
+        self._low = _IRQ_LEVEL.pack(gsi, 0)
+        self.level = False
+
+    def set_level(self, high: bool) -> None:
+        self.level = bool(high)
+        _ioctl(self._fd, abi.KVM_IRQ_LINE, self._high if high else self._low)
+
+    def pulse(self) -> None:
+        """An edge: high then low (what an ISA edge-triggered device does)."""
+        self.set_level(True)
+        self.set_level(False)
+
+
+class Vm:
+    """Created by :meth:`pvhboot.kvm.Kvm.create_vm`.  Closing it closes its vCPUs."""
+
+    def __init__(self, kvm, fd: int):
+        self.kvm = kvm
+        self.fd = fd
+        self.vcpus: list = []
+        self._slots = 0
+        self.has_irqchip = False
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.vcpus = []
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _call(self, name: str, req: int, arg=0, mutate: bool | None = None) -> int:
+        try:
+            if mutate is None:
+                return _ioctl(self.fd, req, arg)
+            return _ioctl(self.fd, req, arg, mutate)
+        except OSError as e:
+            raise KvmError(f"{name} failed: {e.strerror} (errno {e.errno})") from None
+
+    # --- memory ---
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        region = abi.kvm_userspace_memory_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        self._call(f"KVM_SET_USER_MEMORY_REGION (slot {slot}, {guest_phys_addr:#x}+{memory_size:#x})",
+                   abi.KVM_SET_USER_MEMORY_REGION, bytes(region))
+
+    def add_guest_memory(self, mem) -> None:
+        """One memory slot per RAM region of a :class:`pvhboot.memory.GuestMemory` (region.host_addr)."""
+        for region in mem.regions:
+            self.set_user_memory_region(self._slots, region.guest_addr, region.size, region.host_addr)
+            self._slots += 1
+
+    # --- platform devices inside KVM ---
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: PIC pair + IOAPIC in the kernel, a local APIC per vCPU created after."""
+        self._call("KVM_CREATE_IRQCHIP", abi.KVM_CREATE_IRQCHIP)
+        self.has_irqchip = True
+
+    def create_pit2(self, flags: int = abi.KVM_PIT_SPEAKER_DUMMY) -> None:
+        """KVM_CREATE_PIT2; KVM_PIT_SPEAKER_DUMMY makes port 0x61 reads harmless (no user exit)."""
+        cfg = abi.kvm_pit_config(flags=flags)
+        self._call("KVM_CREATE_PIT2", abi.KVM_CREATE_PIT2, bytes(cfg))
+
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR: three pages of guest-physical space KVM needs on Intel (real mode).
+
+        The argument is an unsigned address (e.g. 0xfffbd000) that overflows the C int fcntl.ioctl
+        converts an int to (platform.md): pass its two's-complement signed value.
+        """
+        signed = ctypes.c_int32(addr & 0xFFFFFFFF).value
+        self._call(f"KVM_SET_TSS_ADDR ({addr:#x})", abi.KVM_SET_TSS_ADDR, signed)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR (a pointer to a u64): one page, set before creating vCPUs."""
+        self._call(f"KVM_SET_IDENTITY_MAP_ADDR ({addr:#x})", abi.KVM_SET_IDENTITY_MAP_ADDR,
+                   struct.pack("<Q", addr))
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        if not self.has_irqchip:
+            raise KvmError(f"IRQ line {gsi} needs the in-kernel irqchip (create_irqchip first)")
+        return IrqLine(self.fd, gsi)
+
+    def register_coalesced_zone(self, addr: int, size: int, pio: bool = False) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: writes to this MMIO (or, with pio, port) range are queued in the
+        ring page instead of exiting (KVM_CAP_COALESCED_MMIO / KVM_CAP_COALESCED_PIO)."""
+        cap = abi.KvmCap.COALESCED_PIO if pio else abi.KvmCap.COALESCED_MMIO
+        if not self.kvm.check_extension(cap):
+            raise KvmError(f"this KVM lacks {cap.name}")
+        zone = abi.kvm_coalesced_mmio_zone(addr, size, 1 if pio else 0)
+        self._call(f"KVM_REGISTER_COALESCED_MMIO ({addr:#x}+{size:#x}, pio={pio})",
+                   abi.KVM_REGISTER_COALESCED_MMIO, bytes(zone))
+
+    # --- vCPUs ---
+    def create_vcpu(self, index: int):
+        from .vcpu import Vcpu
+
+        fd = self._call(f"KVM_CREATE_VCPU ({index})", abi.KVM_CREATE_VCPU, index)
+        try:
+            vcpu = Vcpu(self, index, fd, self.kvm.vcpu_mmap_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.vcpus.append(vcpu)
+        return vcpu
