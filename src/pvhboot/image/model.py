@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import BootError
+
+PROTOCOLS = ("pvh", "linux32", "linux64", "xen_pv")
+
 
 @dataclass(frozen=True)
 class LoadSegment:
@@ -28,6 +32,7 @@ class XenNote:
     type: int
     name: str
     value: int | str | bytes | tuple[int, ...]
+    desc: bytes = b""  # the descriptor as stored in the file (value is decoded from it)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class ElfImage:
     linux_version: str | None = None
     symbols_available: bool = False
 
+    def note(self, note_type: int) -> XenNote | None:
+        """The first Xen note of this type (XEN_ELFNOTE_* number), or None."""
+        return next((n for n in self.xen_notes if n.type == note_type), None)
+
 
 @dataclass(frozen=True)
 class BzImage:
@@ -65,6 +74,9 @@ class BzImage:
     setup_size: int  # (setup_sects or 4, +1) * 512: file offset of the protected-mode kernel
     compression: str  # gzip, bzip2, lzma, xz, lz4, zstd
     payload: ElfImage | None = None  # the decompressed vmlinux (None only if not requested)
+    payload_offset: int = 0  # file offset of the payload: setup_size + setup_header.payload_offset
+    payload_length: int = 0  # its length, including the 4-byte decompressed-size trailer
+    version_string: str | None = None  # the string setup_header.kernel_version points at
 
 
 @dataclass(frozen=True)
@@ -85,3 +97,34 @@ class KernelImage:
     @property
     def segments(self) -> tuple[LoadSegment, ...]:
         return self.elf.segments if self.elf else ()
+
+    @property
+    def linux_version(self) -> str | None:
+        if self.elf and self.elf.linux_version:
+            return self.elf.linux_version
+        return self.bzimage.version_string if self.bzimage else None
+
+    def require_entry(self, protocol: str) -> int:
+        """The entry address for ``protocol`` (one of PROTOCOLS), or BootError saying how to fix it."""
+        if protocol not in PROTOCOLS:
+            raise BootError(f"unknown boot protocol {protocol!r} (choose one of {', '.join(PROTOCOLS)})")
+        entry = getattr(self.entries, protocol)
+        if entry is not None:
+            return entry
+        what = "bzImage" if self.format == "bzimage" else "ELF vmlinux"
+        if protocol == "pvh":
+            hint = ("it has no XEN_ELFNOTE_PHYS32_ENTRY note, so it was built without CONFIG_PVH=y; "
+                    "rebuild it with CONFIG_PVH=y or boot it with --protocol linux64")
+        elif protocol == "linux32":
+            hint = ("the 32-bit Linux boot protocol needs a bzImage (its setup header gives code32_start); "
+                    "boot the bzImage instead, or use --protocol pvh or linux64")
+        elif protocol == "linux64":
+            if self.format == "bzimage":
+                hint = ("its setup header does not set XLF_KERNEL_64 in xloadflags (a 32-bit kernel?); "
+                        "use --protocol linux32 or pvh")
+            else:
+                hint = (f"its ELF entry {self.elf.e_entry if self.elf else 0:#x} is not inside any PT_LOAD "
+                        "segment, so it has no physical 64-bit entry; use --protocol pvh")
+        else:
+            hint = "it has no XEN_ELFNOTE_ENTRY note (and a Xen PV entry needs the Xen hypervisor anyway)"
+        raise BootError(f"{what} {self.path} cannot boot with --protocol {protocol}: {hint}")
