@@ -1,0 +1,133 @@
+"""Start the nested rig under QEMU TCG and run one shell script inside it.
+
+``run_in_rig(cmd, timeout)`` boots ``qemu-system-x86_64 -M microvm,accel=tcg -cpu max`` with the
+cloud vmlinux and the cached rig archive followed by a small per-run archive holding /rig/cmd.sh,
+then reads the console: the rig's /init (pvhboot.rig.build.INIT_SCRIPT) prints ``RIG-READY`` once
+kvm_amd is loaded, ``RIG-BEGIN`` before the command and ``RIG-RESULT rc=N`` after it.  When the rig
+does not come up, :class:`RigError` says why (no SVM, kvm_amd refused, out of memory, a kernel
+panic, or a timeout with the last console lines) instead of timing out silently.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build import CACHE_DIR, build_rig, outer_kernel, write_command_archive
+
+QEMU = "qemu-system-x86_64"
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet mitigations=off"
+_RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
+
+
+class RigError(RuntimeError):
+    """The rig did not come up or did not finish; the message says why, with console lines."""
+
+    def __init__(self, message: str, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
+
+
+@dataclass
+class RigResult:
+    rc: int  # the command's exit status inside the rig
+    output: str  # what the command printed (between RIG-BEGIN and RIG-RESULT)
+    wall_time: float  # seconds, QEMU start to QEMU exit
+    ready_time: float | None = None  # seconds from QEMU start to RIG-READY (kvm_amd loaded)
+    console: str = ""  # the whole console, kernel messages included
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool) -> str:
+    text = "\n".join(lines)
+    tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
+    for ln in lines:
+        if ln.startswith("RIG-FAIL"):
+            return f"rig failed to come up: {ln[len('RIG-FAIL '):]}\n{tail}"
+    if re.search(r"Out of memory|oom-kill|Initramfs unpacking failed|invalid magic at start of "
+                 r"compressed archive|write error", text):
+        return ("rig ran out of memory (the initramfs did not fit, or the command used too much; "
+                f"raise the outer -m)\n{tail}")
+    panic = next((ln for ln in lines if "Kernel panic" in ln), None)
+    if panic:
+        return f"outer kernel panicked: {panic.strip()}\n{tail}"
+    if timed_out:
+        where = "while running the command" if ready else "before kvm_amd was ready"
+        return f"rig timed out after {timeout:.0f} s {where}; last console lines:\n{tail}"
+    if not lines:
+        return "QEMU printed nothing (is the outer kernel a PVH vmlinux?)"
+    return f"rig stopped without a RIG-RESULT line; last console lines:\n{tail}"
+
+
+def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, bytes] | None = None,
+               memory: str = "3G", rebuild: bool = False, echo=None) -> RigResult:
+    """Run ``cmd`` (argv list, or a shell script as one string) inside the rig as root.
+
+    ``files`` maps guest paths ("rig/work/t.py") to contents placed beside the command.
+    ``echo(line)`` receives every console line as it arrives (for progress output).
+    Raises :class:`RigError` when the rig does not come up or the command does not finish."""
+    if not shutil.which(QEMU):
+        raise RigError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    script = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    rig = build_rig(rebuild=rebuild)
+    kernel = outer_kernel()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=CACHE_DIR) as tmp:
+        initrd = Path(tmp) / "initrd.cpio"
+        # The cached archive plus the per-run one: the kernel unpacks concatenated newc archives.
+        shutil.copyfile(rig, initrd)
+        with open(initrd, "ab") as f:
+            write_command_archive(f, "#!/bin/sh\n" + script + "\n", files)
+        argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", "1",
+                "-kernel", str(kernel), "-initrd", str(initrd), "-append", OUTER_CMDLINE,
+                "-nographic", "-no-reboot", "-monitor", "none"]
+        return _run_qemu(argv, timeout, echo)
+
+
+def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    stages: dict[str, float] = {}
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+            lines.append(line)
+            for tag in ("RIG-STAGE", "RIG-READY", "RIG-BEGIN", "RIG-RESULT", "RIG-FAIL"):
+                if line.startswith(tag) and tag not in stages:
+                    stages[tag] = time.monotonic() - start
+            if echo:
+                echo(line)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        proc.wait()
+    t.join(5)
+    wall = time.monotonic() - start
+    console = "\n".join(lines)
+    begin = next((i for i, ln in enumerate(lines) if ln.startswith("RIG-BEGIN")), None)
+    result = next((i for i, ln in enumerate(lines) if _RESULT.match(ln)), None)
+    if begin is None or result is None:
+        raise RigError(_diagnose(lines, timed_out, timeout, "RIG-READY" in stages), console)
+    rc = int(_RESULT.match(lines[result]).group(1))
+    output = "\n".join(lines[begin + 1:result])
+    return RigResult(rc=rc, output=output + ("\n" if output else ""), wall_time=wall,
+                     ready_time=stages.get("RIG-READY"), console=console, stages=stages)
+
+
+__all__ = ["RigError", "RigResult", "run_in_rig"]
