@@ -42,12 +42,13 @@ def entries_of(elf: ElfImage | None, bz: BzImage | None) -> Entries:
 
     pvh: the PHYS32_ENTRY note; xen_pv: the ENTRY note (virtual, Xen only); linux32: a bzImage's
     code32_start (None for a vmlinux); linux64: a bzImage's code32_start + 0x200 when XLF_KERNEL_64
-    is set, or a vmlinux's e_entry as a physical address.
+    is set, or a 64-bit vmlinux's e_entry as a physical address (a 32-bit vmlinux has no 64-bit
+    entry).
     """
     if bz is not None:
         linux32, linux64 = linux32_entry(bz), linux64_entry(bz)
     else:
-        linux32, linux64 = None, physical_entry(elf) if elf else None
+        linux32, linux64 = None, physical_entry(elf) if elf and elf.elf_class == 64 else None
     return Entries(
         pvh=_note_value(elf, XEN_ELFNOTE.PHYS32_ENTRY),
         linux32=linux32,

@@ -76,6 +76,13 @@ def parse_elf(data: bytes | bytearray | memoryview | mmap.mmap) -> ElfImage:
     size = len(data)
     if size < 4 or bytes(data[:4]) != ELF_MAGIC:
         raise ImageError(f"not an ELF file (starts with {bytes(data[:4]).hex(' ') or 'nothing'})")
+    # gABI e_ident[EI_CLASS]: ELFCLASS32 1 (52-byte header), ELFCLASS64 2 (64-byte header).
+    ei_class = data[4] if size > 4 else 0
+    need = {1: 52, 2: 64}.get(ei_class)
+    if need is None:
+        raise ImageError(f"ELF class byte EI_CLASS is {ei_class}, expected 1 (32-bit) or 2 (64-bit)")
+    if size < need:
+        raise ImageError(f"truncated ELF header: file has {size} bytes, the {32 * ei_class}-bit header needs {need}")
     try:
         return _parse(data, size)
     except ImageError:
@@ -87,9 +94,6 @@ def parse_elf(data: bytes | bytearray | memoryview | mmap.mmap) -> ElfImage:
 def _parse(data, size: int) -> ElfImage:
     elf = ELFFile(_stream(data))
     hdr = elf.header
-    ehsize = elf.structs.Elf_Ehdr.sizeof()
-    if size < ehsize:
-        raise ImageError(f"truncated ELF header: file has {size} bytes, the {elf.elfclass}-bit header needs {ehsize}")
     phoff, phnum, phentsize = hdr["e_phoff"], hdr["e_phnum"], hdr["e_phentsize"]
     if phnum and (phentsize < elf.structs.Elf_Phdr.sizeof() or phoff + phnum * phentsize > size):
         raise ImageError(f"program header table ({phnum} x {phentsize} bytes at {phoff:#x}) runs past the end of the file ({size:#x})")

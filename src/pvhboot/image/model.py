@@ -122,6 +122,8 @@ class KernelImage:
             if self.format == "bzimage":
                 hint = ("its setup header does not set XLF_KERNEL_64 in xloadflags (a 32-bit kernel?); "
                         "use --protocol linux32 or pvh")
+            elif self.elf and self.elf.elf_class == 32:
+                hint = "it is a 32-bit kernel (ELF32): it has no 64-bit entry; use --protocol pvh"
             else:
                 hint = (f"its ELF entry {self.elf.e_entry if self.elf else 0:#x} is not inside any PT_LOAD "
                         "segment, so it has no physical 64-bit entry; use --protocol pvh")

@@ -78,7 +78,9 @@ class SymbolTable:
             if parts[1] in _TEXT_TYPES:
                 symbols.append(Symbol(addr, parts[2]))
         if not symbols:
-            raise ImageError(f"{name}: no text symbols found (expected System.map lines like 'ffffffff81000000 T _text')")
+            first = lines[0][:100] if lines else ""
+            raise ImageError(f"{name}: no text symbols found (expected System.map lines like "
+                             f"'ffffffff81000000 T _text'; first line: {first!r})")
         return cls(symbols, end=end, source=name)
 
     @classmethod
