@@ -1,0 +1,97 @@
+"""``load_guest``: write every blob of a :class:`MemoryPlan` into GuestMemory and return the boot
+vCPU's state.  The only code in boot/ that touches guest memory in bulk (kernel, initrd)."""
+from __future__ import annotations
+
+from ..errors import BootError, ConfigError, LayoutError
+from ..memory import layout as L
+from .acpi import configure_acpi
+from .config import BootConfig, LoadedGuest, MemoryPlan
+from .cpu_state import build_cpu_state, build_gdt, build_page_tables
+from .linux import build_boot_params, configure_zero_page, synthesize_setup_header
+from .plan import bzimage_setup_header, encode_cmdline, kernel_blobs
+from .pvh import configure_start_info
+
+
+def _load_kernel(mem, kernel, plan: MemoryPlan, fresh: bool) -> None:
+    blobs, _ = kernel_blobs(kernel, plan.protocol)
+    for b in blobs:
+        if b.filesz:
+            # A memoryview slice of the (possibly mmapped) file: one copy, straight into RAM.
+            mem.write(b.addr, memoryview(b.source)[b.offset : b.offset + b.filesz])
+        if b.zero_fill and b.memsz > b.filesz and not fresh:
+            # The ELF bss.  Fresh anonymous mappings are already zero; a reused one is not.
+            mem.view(b.addr + b.filesz, b.memsz - b.filesz)[:] = bytes(b.memsz - b.filesz)
+
+
+def _load_initrd(mem, path: str, addr: int, size: int) -> None:
+    view = mem.view(addr, size)
+    try:
+        with open(path, "rb") as f:
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    except OSError as e:
+        raise ConfigError(f"initrd {path}: {e.strerror}") from None
+    if got != size:
+        raise BootError(f"initrd {path} changed size while loading ({got} of {size} bytes read)")
+
+
+def load_guest(kernel, config: BootConfig, plan: MemoryPlan, mem, *, fresh: bool = True) -> LoadedGuest:
+    """Write kernel, initrd, command line, protocol structures, ACPI tables, GDT/IDT and page tables.
+
+    ``fresh`` says ``mem`` is newly mapped (all zero), so bss and unused tables need no clearing.
+    """
+    for gpa, size in plan.ram_ranges:
+        if not mem.contains(gpa, size):
+            raise LayoutError(f"guest memory does not back the planned RAM {gpa:#x}+{size:#x}")
+    _load_kernel(mem, kernel, plan, fresh)
+
+    names = {p.name: p for p in plan.placements}
+    initrd = names.get("initrd")
+    if initrd is not None:
+        if config.initrd is None:
+            raise BootError("the plan has an initrd but the configuration names no file")
+        _load_initrd(mem, config.initrd, initrd.addr, initrd.size)
+
+    cmdline = encode_cmdline(kernel, config.cmdline)
+    cmdline_addr = names["cmdline"].addr
+    mem.write(cmdline_addr, cmdline)
+
+    rsdp_addr = configure_acpi(mem, config.cpus, L.RSDP_ADDR) if config.acpi else None
+
+    gdt = build_gdt(plan.protocol)
+    mem.write(L.BOOT_GDT_START, gdt)
+    mem.write(L.BOOT_IDT_START, bytes(L.BOOT_IDT_SIZE))
+
+    cr3 = 0
+    if plan.protocol == "pvh":
+        modules = [(initrd.addr, initrd.size)] if initrd is not None else []
+        configure_start_info(mem, start_info_addr=L.PVH_INFO_START,
+                             version=config.start_info_version, cmdline_addr=cmdline_addr,
+                             rsdp_addr=rsdp_addr, modlist_addr=L.MODLIST_START, modules=modules,
+                             memmap_addr=L.MEMMAP_START, e820=plan.e820)
+        boot_info = L.PVH_INFO_START
+    else:
+        if kernel.bzimage is not None:
+            header = bzimage_setup_header(kernel)
+        else:
+            header = synthesize_setup_header(code32_start=min(p.addr for p in plan.placements
+                                                              if p.name.startswith("kernel")))
+        params = build_boot_params(header=header, e820=plan.e820, cmdline_addr=cmdline_addr,
+                                   initrd=(initrd.addr, initrd.size) if initrd is not None else None,
+                                   rsdp_addr=rsdp_addr)
+        configure_zero_page(mem, L.ZERO_PAGE_START, params)
+        boot_info = L.ZERO_PAGE_START
+        if plan.protocol == "linux64":
+            mem.write(L.PML4_START, build_page_tables(L.PML4_START, L.PDPTE_START, L.PDE_START,
+                                                      L.IDENTITY_MAP_SIZE))
+            cr3 = L.PML4_START
+
+    cpu = build_cpu_state(plan.protocol, entry=plan.entry, boot_info=boot_info,
+                          gdt_base=L.BOOT_GDT_START, gdt_size=len(gdt), idt_base=L.BOOT_IDT_START,
+                          idt_size=L.BOOT_IDT_SIZE, stack_pointer=L.BOOT_STACK_POINTER, cr3=cr3)
+    return LoadedGuest(plan=plan, cpu=cpu, rsdp_addr=rsdp_addr,
+                       extra={"boot_info": boot_info, "cmdline_addr": cmdline_addr})
