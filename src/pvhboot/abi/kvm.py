@@ -138,6 +138,16 @@ def kvm_coalesced_mmio_max(page_size: int = 4096) -> int:
     return (page_size - ctypes.sizeof(kvm_coalesced_mmio_ring)) // ctypes.sizeof(kvm_coalesced_mmio)
 
 
+class kvm_translation(ctypes.Structure):
+    """for KVM_TRANSLATE: guest linear -> guest physical through the vCPU's current paging."""
+
+    _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8), ("writeable", u8),
+                ("usermode", u8), ("pad", u8 * 5)]
+
+
+check_layout(kvm_translation, 24, linear_address=0, physical_address=8, valid=16, writeable=17, usermode=18)
+
+
 # --- struct kvm_run (kvm.h), the page shared with each vCPU (mmap of the vCPU fd at offset 0) ---
 class kvm_run_hw(ctypes.Structure):  # KVM_EXIT_UNKNOWN
     _fields_ = [("hardware_exit_reason", u64)]
@@ -462,6 +472,7 @@ KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
 KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_TRANSLATE = _IOWR(KVMIO, 0x85, kvm_translation)
 KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
 KVM_GET_FPU = _IOR(KVMIO, 0x8C, kvm_fpu)

@@ -130,6 +130,15 @@ class Vcpu:
     def set_mp_state(self, state: int) -> None:
         self._call("KVM_SET_MP_STATE", abi.KVM_SET_MP_STATE, abi.kvm_mp_state(int(state)))
 
+    def translate(self, linear: int) -> int | None:
+        """KVM_TRANSLATE: the guest-physical address of ``linear`` under the current paging, or None."""
+        t = abi.kvm_translation(linear_address=linear)
+        try:
+            _ioctl(self.fd, abi.KVM_TRANSLATE, t, True)
+        except OSError:
+            return None
+        return t.physical_address if t.valid else None
+
     # --- MSRs ---
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS: {index: value} for the MSRs KVM could read (it stops at the first failure)."""

@@ -1,0 +1,396 @@
+"""The one recipe that assembles and runs a microVM (Firecracker's builder.rs, in Python).
+
+:class:`Machine` is the KVM half: guest memory -> memory slots, in-kernel irqchip + PIT + TSS, the PC
+devices on a port bus and an MMIO bus, one thread per vCPU, the wait for a stop, the exit record.
+:class:`MicroVM` is the user's API: kernel file -> :func:`pvhboot.image.load_kernel` ->
+:func:`pvhboot.boot.plan_guest` / :func:`pvhboot.boot.load_guest` -> :class:`Machine`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..abi import kvm as abi
+from ..boot.cpu_state import CpuState
+from ..errors import ConfigError, KvmError
+from ..memory import layout
+from .cpu import setup_boot_vcpu, setup_vcpu_common
+from .crash import CrashInfo, capture_vcpu, format_crash_report, load_symbol_table
+from .runloop import VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
+
+REASONS = ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")
+MAX_CPUS = 255  # xAPIC ids are 8 bits; the MADT pvhboot writes lists xAPIC entries
+
+
+@dataclass
+class VmExit:
+    """The exit record of one run."""
+
+    reason: str  # one of REASONS
+    exit_code: int  # the guest's: 0 for poweroff, the debug-exit value, 1 for a crash or timeout
+    wall_time_s: float  # first KVM_RUN to the stop
+    boot_markers: list[tuple[int, float]] = field(default_factory=list)  # (code, seconds since start)
+    console: bytes = b""
+    crash_report: str | None = None
+    events: list[dict] = field(default_factory=list)  # every device event, in order
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["console"] = self.console.decode("utf-8", "replace")
+        d["boot_markers"] = [{"code": c, "seconds": s} for c, s in self.boot_markers]
+        return d
+
+    def write_json(self, path: str) -> None:
+        from ..commands._util import write_atomically
+
+        write_atomically(path, [json.dumps(self.to_json(), indent=2).encode() + b"\n"])
+
+
+class ConsoleOutput:
+    """Guest console bytes to a stream (stdout by default, None for silence) and captured in memory."""
+
+    def __init__(self, stream=None, capture: bool = True):
+        self._stream = stream
+        self._buf = bytearray() if capture else None
+        self._broken = False
+
+    def __call__(self, data: bytes) -> None:
+        if self._buf is not None:
+            self._buf += data
+        if self._stream is not None and not self._broken:
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._broken = True  # a closed pipe must not stop the guest
+
+    @property
+    def captured(self) -> bytes:
+        return bytes(self._buf or b"")
+
+
+def _default_stream():
+    return getattr(sys.stdout, "buffer", sys.stdout)
+
+
+class Machine:
+    """A KVM VM with ``mem`` as its RAM and the boot vCPU at ``boot_state``.  Context manager.
+
+    ``irqchip=False`` builds a bare VM (no PIC/IOAPIC/LAPIC, HLT exits to user space, one vCPU): for
+    hand-assembled test guests.  ``console``: a binary stream, a callable, or None (captured only).
+    """
+
+    def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
+                 timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
+                 phys_to_virt: int = 0, kvm_path: str = "/dev/kvm"):
+        from ..kvm import Kvm, is_kvm_pvm
+
+        if not 1 <= cpus <= MAX_CPUS:
+            raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
+        if cpus > 1 and not irqchip:
+            raise ConfigError("more than one vCPU needs the in-kernel irqchip (INIT/SIPI)")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"invalid timeout {timeout} (seconds > 0)")
+        self.mem = mem
+        self.cpus = cpus
+        self.timeout = timeout
+        self.symbols = symbols
+        self.phys_to_virt = phys_to_virt
+        self.on_kvm_pvm = is_kvm_pvm()
+        if console == "stdout":
+            console = _default_stream()
+        self.console = console if isinstance(console, ConsoleOutput) else (
+            ConsoleOutput(None) if console is None else
+            _CallableConsole(console) if callable(console) and not hasattr(console, "write") else
+            ConsoleOutput(console))
+        self._want_stdin = stdin
+        self.ctl = VmControl()
+        self._events: list = []
+        self._start_ns = 0
+        self._markers: list[tuple[int, float]] = []
+        self._event_lock = threading.Lock()
+        self.kvm = self.vm = None
+        self.serial = None
+        self._console_input = None
+        self._ran = False
+        try:
+            self.kvm = Kvm(kvm_path)
+            self.vm = self.kvm.create_vm()
+            self._setup_vm(irqchip)
+            self._setup_devices(irqchip)
+            self._setup_vcpus(boot_state)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- assembly ---
+    def _setup_vm(self, irqchip: bool) -> None:
+        vm = self.vm
+        # On VMX KVM needs these pages for real mode; placed in the MMIO hole, never in RAM (layout.py).
+        vm.set_tss_addr(layout.KVM_TSS_ADDR)
+        vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
+        if irqchip:
+            vm.create_irqchip()
+            vm.create_pit2()
+        vm.add_guest_memory(self.mem)
+
+    def _setup_devices(self, irqchip: bool) -> None:
+        from .. import devices as d
+
+        self.pio_bus = d.Bus("pio", limit=d.PIO_LIMIT)
+        self.mmio_bus = d.Bus("mmio")
+        sink = self._on_event
+        irq4 = self.vm.irq_line(layout.COM1_IRQ) if irqchip else d.NullIrqLine()
+        self.serial = d.Serial16550(irq4, self.console)
+        self.pio_bus.insert(self.serial, layout.COM1_PORT, d.Serial16550.PIO_LENGTH, "com1")
+        self.pio_bus.insert(d.I8042(sink), layout.I8042_DATA_PORT, d.I8042.PIO_LENGTH, "i8042")
+        self.pio_bus.insert(d.CmosRtc(), layout.RTC_PORT, d.CmosRtc.PIO_LENGTH, "rtc")
+        self.pio_bus.insert(d.AcpiSleepControl(sink), layout.ACPI_SLEEP_CONTROL_PORT,
+                            d.AcpiSleepControl.PIO_LENGTH, "acpi-sleep")
+        self.pio_bus.insert(d.DebugExit(sink), layout.DEBUG_EXIT_PORT, d.DebugExit.PIO_LENGTH, "debug-exit")
+        self.pio_bus.insert(d.DebugPort80(sink), layout.POST_CODE_PORT, d.DebugPort80.PIO_LENGTH, "port80")
+        self.pio_bus.insert(d.FirecrackerBootTimer(sink), layout.BOOT_TIMER_PORT,
+                            d.FirecrackerBootTimer.PIO_LENGTH, "boot-timer-pio")
+        self.mmio_bus.insert(d.FirecrackerBootTimer(sink), layout.BOOT_TIMER_MMIO,
+                             d.FirecrackerBootTimer.MMIO_LENGTH, "boot-timer-mmio")
+
+    def _setup_vcpus(self, boot_state: CpuState) -> None:
+        supported = self.kvm.supported_cpuid()
+        for i in range(self.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            setup_vcpu_common(vcpu, supported, self.cpus)
+        setup_boot_vcpu(self.vm.vcpus[0], boot_state)
+        self.ctl.vcpus = list(self.vm.vcpus)
+
+    # --- events from devices (called on vCPU threads and the console thread) ---
+    def _on_event(self, ev) -> None:
+        from ..devices import VmEventKind as K
+
+        with self._event_lock:
+            self._events.append(ev)
+            if ev.kind is K.BOOT_MARKER:
+                t = (ev.time_ns - self._start_ns) / 1e9 if self._start_ns else 0.0
+                self._markers.append((ev.value, t))
+                return
+        if ev.kind is K.POWEROFF:
+            self.ctl.stop("poweroff", 0)
+        elif ev.kind is K.RESET:
+            self.ctl.stop("reset", 0)
+        elif ev.kind is K.DEBUG_EXIT:
+            self.ctl.stop("debug_exit", ev.value)
+        elif ev.kind is K.QUIT:
+            self.ctl.stop("quit", 0)
+
+    # --- rare exits (the run loop handles I/O itself) ---
+    def _on_exit(self, vcpu, reason: int, record) -> bool:
+        K = abi.KvmExit
+        ctl = self.ctl
+        if reason == K.HLT:  # only without the irqchip: nothing can wake the vCPU again
+            ctl.stop("poweroff", 0)
+            return False
+        if reason == K.SYSTEM_EVENT:
+            if record.type == abi.KvmSystemEvent.SHUTDOWN:
+                ctl.stop("poweroff", 0)
+            elif record.type == abi.KvmSystemEvent.RESET:
+                ctl.stop("reset", 0)
+            else:
+                self._crash(vcpu, "system event", f"KVM_SYSTEM_EVENT {record.type_name}")
+            return False
+        if reason == K.SHUTDOWN:
+            self._crash(vcpu, "triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)")
+        elif reason == K.INTERNAL_ERROR:
+            self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}",
+                        internal=record)
+        elif reason == K.FAIL_ENTRY:
+            self._crash(vcpu, "fail entry", f"KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason="
+                        f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
+        else:
+            name = getattr(record, "name", None) or f"exit {reason}"
+            self._crash(vcpu, "unexpected exit", f"KVM_EXIT_{name} {record}")
+        return False
+
+    def _crash(self, vcpu, kind: str, detail: str, internal=None) -> None:
+        # This thread owns the vCPU and is outside KVM_RUN: its state can be read now.
+        info = CrashInfo(kind=kind, vcpu=vcpu.index, detail=detail, internal=internal,
+                         snapshots=[capture_vcpu(vcpu, self.mem)])
+        self.ctl.stop("crash", 1, crash=info)
+
+    # --- running ---
+    def run(self) -> VmExit:
+        if self._ran:
+            raise KvmError("a Machine runs once; build a new one")
+        self._ran = True
+        install_kick_handler()
+        ctl = self.ctl
+        ring = None
+        threads = [threading.Thread(target=vcpu_thread_main, name=f"pvhboot-vcpu{v.index}", daemon=True,
+                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, ring))
+                   for v in self.vm.vcpus]
+        if self._want_stdin:
+            from ..devices import ConsoleInput
+
+            self._console_input = ConsoleInput(self.serial.feed_input, self._on_event).start()
+        self._start_ns = time.monotonic_ns()
+        t0 = time.monotonic()
+        interrupted = False
+        try:
+            for t in threads:
+                t.start()
+            if not ctl.done.wait(self.timeout):
+                ctl.stop("timeout", 1)
+        except KeyboardInterrupt:
+            interrupted = True
+            ctl.stop("quit", 130)
+        finally:
+            ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
+            stuck = join_vcpu_threads(threads, ctl)
+            wall = time.monotonic() - t0
+            if self._console_input is not None:
+                self._console_input.stop()
+        record = self._exit_record(wall, stuck)
+        if interrupted:
+            raise KeyboardInterrupt
+        return record
+
+    def _exit_record(self, wall: float, stuck: list[int]) -> VmExit:
+        req = self.ctl.request
+        reason, code = req.reason, req.exit_code
+        report = None
+        if reason in ("crash", "timeout"):
+            info = req.crash if reason == "crash" else CrashInfo(
+                kind="timeout", vcpu=0, detail=f"wall-clock limit of {self.timeout:g} s reached; vCPUs stopped")
+            have = {s.index for s in info.snapshots}
+            for v in self.vm.vcpus:
+                if v.index not in have and v.index not in stuck:
+                    info.snapshots.append(capture_vcpu(v, self.mem))
+            if stuck:
+                info.detail += f"\n(vCPU(s) {stuck} did not leave KVM_RUN)"
+            lines = self.serial.recent_lines() if self.serial is not None else []
+            report = format_crash_report(info, lines, self.symbols, self.on_kvm_pvm, self.phys_to_virt)
+            code = code or 1
+        if self.serial is not None:
+            self.serial.flush()
+        events = [{"kind": e.kind.value, "value": e.value, "source": e.source,
+                   "seconds": (e.time_ns - self._start_ns) / 1e9} for e in self._events]
+        return VmExit(reason=reason, exit_code=code, wall_time_s=wall, boot_markers=list(self._markers),
+                      console=self.console.captured, crash_report=report, events=events)
+
+    # --- teardown ---
+    def close(self) -> None:
+        if self._console_input is not None:
+            self._console_input.stop()
+            self._console_input = None
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _CallableConsole(ConsoleOutput):
+    def __init__(self, fn):
+        super().__init__(None)
+        self._fn = fn
+
+    def __call__(self, data: bytes) -> None:
+        super().__call__(data)
+        self._fn(data)
+
+
+class MicroVM:
+    """Boot a kernel file (or the built-in probe) the PVH or Linux way.  Context manager; ``run()`` once.
+
+    ``mutate(loaded_guest, mem) -> LoadedGuest`` is a test hook called after the boot structures are
+    written and before the first KVM_RUN (mutation tests break one ABI rule with it).
+    """
+
+    def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
+                 memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
+                 timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False):
+        from ..boot.config import PROTOCOLS
+
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError(f"unknown protocol {protocol!r} (auto, {', '.join(PROTOCOLS)})")
+        if not 1 <= cpus <= MAX_CPUS:
+            raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
+        if kernel is None:
+            from ..probe import probe_path
+
+            kernel = str(probe_path())
+        self.kernel_path = kernel
+        self.initrd, self.cmdline, self.memory, self.cpus = initrd, cmdline, memory, cpus
+        self.requested_protocol = protocol
+        self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
+        self.stdin = stdin
+        self.image = None
+        self.loaded = None
+        self.mem = None
+        self.machine: Machine | None = None
+
+    def __enter__(self) -> MicroVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.machine is not None:
+            self.machine.close()
+            self.machine = None
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+
+    @staticmethod
+    def resolve_protocol(image, requested: str) -> str:
+        """auto: PVH when the kernel has the PHYS32_ENTRY note, else the 64-bit Linux protocol."""
+        if requested != "auto":
+            return requested
+        return "pvh" if image.entries.pvh is not None else "linux64"
+
+    def build(self) -> Machine:
+        """Load the kernel and boot structures and assemble the Machine (no guest code runs yet)."""
+        from ..boot import load_guest, plan_guest
+        from ..boot.config import BootConfig
+        from ..image import load_kernel
+        from ..memory import GuestMemory
+
+        self.image = load_kernel(self.kernel_path)
+        self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
+        config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
+                            protocol=self.protocol)
+        plan = plan_guest(self.image, config)
+        self.mem = GuestMemory(list(plan.ram_ranges))
+        loaded = load_guest(self.image, config, plan, self.mem)
+        if self.mutate is not None:
+            loaded = self.mutate(loaded, self.mem) or loaded
+        self.loaded = loaded
+        symbols = load_symbol_table(self.symbols_path, self.image.elf)
+        self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
+                               timeout=self.timeout, symbols=symbols, stdin=self.stdin,
+                               phys_to_virt=_phys_to_virt(self.image))
+        return self.machine
+
+    def run(self) -> VmExit:
+        machine = self.machine or self.build()
+        return machine.run()
+
+
+def _phys_to_virt(image) -> int:
+    """Link (virtual) minus load (physical) address of the kernel's first segment, to symbolize a
+    physical RIP (a kernel still running at its physical address, e.g. the PVH entry)."""
+    segs = getattr(image, "segments", ()) or ()
+    for s in segs:
+        if s.memsz:
+            return s.vaddr - s.paddr
+    return 0

@@ -1,0 +1,185 @@
+"""The vCPU run loop: KVM_RUN, decode the exit, dispatch it, repeat (the hot path).
+
+Per exit the loop does one ``struct.unpack_from`` over the mapped kvm_run page (exit_reason and the io
+union in one go), one bus dispatch (a dict lookup inside :class:`pvhboot.devices.bus.Bus`) and, for an
+IN, one ``pack_into``.  Rare exits (shutdown, internal error, ...) go through
+:func:`pvhboot.kvm.exits.decode_exit` and end the VM with a crash record.
+
+Stopping (api.rst "immediate_exit", platform.md): :meth:`VmControl.stop` sets ``immediate_exit`` in
+every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread, so a thread inside
+KVM_RUN (HLT with the in-kernel irqchip, an AP waiting for SIPI) returns with EINTR and one about to
+enter returns at once.  Unmapped port reads return all ones and unmapped writes are ignored, as on a PC.
+"""
+from __future__ import annotations
+
+import errno
+import signal
+import struct
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from ..abi import kvm as abi
+from ..kvm.exits import decode_exit
+
+KICK_SIGNAL = signal.SIGUSR1
+
+# exit_reason at 8, then (skipping to the union at 32) io.direction, size, port, count, data_offset.
+_EXIT_IO = struct.Struct("<8xI20xBBHIQ")
+_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio at offset 32
+_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+_ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+
+_EXIT_IO_CODE = int(abi.KvmExit.IO)
+_EXIT_MMIO_CODE = int(abi.KvmExit.MMIO)
+_EXIT_INTR_CODE = int(abi.KvmExit.INTR)
+_OUT = abi.KVM_EXIT_IO_OUT
+
+
+def _noop_handler(signum, frame) -> None:  # the kick only needs to interrupt KVM_RUN
+    pass
+
+
+def install_kick_handler() -> None:
+    """Install the no-op SIGUSR1 handler (main thread only) unless a Python handler is already there."""
+    current = signal.getsignal(KICK_SIGNAL)
+    if callable(current):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the first VM must be run from the main thread (it installs a SIGUSR1 handler "
+                           "that stops vCPU threads), or call pvhboot.vmm.runloop.install_kick_handler() there")
+    signal.signal(KICK_SIGNAL, _noop_handler)
+
+
+@dataclass
+class StopRequest:
+    """Why the VM stopped: reason in ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")."""
+
+    reason: str
+    exit_code: int = 0
+    crash: object | None = None  # pvhboot.vmm.crash.CrashInfo for "crash"
+
+
+@dataclass
+class VmControl:
+    """State shared by the vCPU threads and the thread that waits for them."""
+
+    vcpus: list = field(default_factory=list)
+    threads: dict[int, int] = field(default_factory=dict)  # vcpu index -> thread ident
+    stopping: bool = False
+    request: StopRequest | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self, reason: str, exit_code: int = 0, crash: object | None = None) -> bool:
+        """Ask every vCPU to stop.  The first request wins (True); later ones are ignored (False)."""
+        with self.lock:
+            first = self.request is None
+            if first:
+                self.request = StopRequest(reason, exit_code, crash)
+            self.stopping = True
+        self.kick_all()
+        self.done.set()
+        return first
+
+    def kick_all(self) -> None:
+        me = threading.get_ident()
+        for v in self.vcpus:
+            if v.fd >= 0:
+                v.immediate_exit = True
+        for ident in list(self.threads.values()):
+            if ident != me:
+                try:
+                    signal.pthread_kill(ident, KICK_SIGNAL)
+                except (ProcessLookupError, OSError):
+                    pass  # the thread has already finished
+
+
+def _block_async_signals() -> None:
+    """vCPU threads take only the kick signal; SIGINT, SIGTERM, SIGCHLD... go to the main thread."""
+    keep = {KICK_SIGNAL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - keep)
+
+
+def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> None:
+    """Thread body: run ``vcpu`` until the VM stops.  ``on_exit(vcpu, reason, record)`` handles every
+    exit that is not port I/O, MMIO or INTR, and returns True to keep running."""
+    ctl.threads[vcpu.index] = threading.get_ident()
+    _block_async_signals()
+    try:
+        if ctl.stopping:
+            return
+        run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, ring)
+    except BaseException as e:  # a device or VMM bug must not hang the VMM: end the VM with a report
+        from .crash import CrashInfo
+
+        ctl.stop("crash", crash=CrashInfo(kind="vmm error", vcpu=vcpu.index,
+                                          detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> None:
+    """The loop itself (also used directly by benchmarks)."""
+    view = vcpu.run_view
+    run = vcpu.run
+    unpack_exit = _EXIT_IO.unpack_from
+    pio_read, pio_write = pio_bus.read, pio_bus.write
+    values = _VALUE
+    drain = ring.drain if ring is not None else None
+    while True:
+        try:
+            run()
+        except OSError as e:
+            if e.errno == errno.EINTR or e.errno == errno.EAGAIN:
+                # EINTR: kicked (or immediate_exit); EAGAIN: an AP woken by INIT (platform.md).
+                if ctl.stopping:
+                    return
+                continue
+            raise
+        if drain is not None:
+            _deliver_coalesced(drain(), pio_bus, mmio_bus)
+        reason, direction, size, port, count, off = unpack_exit(view, 0)
+        if reason == _EXIT_IO_CODE:
+            fmt = values[size]
+            if direction == _OUT:
+                if count == 1:
+                    pio_write(port, size, fmt.unpack_from(view, off)[0])
+                else:  # rep outs: count items of size bytes, back to back
+                    for i in range(count):
+                        pio_write(port, size, fmt.unpack_from(view, off + i * size)[0])
+            else:
+                for i in range(count):
+                    value = pio_read(port, size)
+                    fmt.pack_into(view, off + i * size, _ALL_ONES[size] if value is None else value)
+        elif reason == _EXIT_MMIO_CODE:
+            addr, data, length, is_write = _MMIO.unpack_from(view, 32)
+            if is_write:
+                mmio_bus.write(addr, length, int.from_bytes(data[:length], "little"))
+            else:
+                value = mmio_bus.read(addr, length)
+                if value is None:
+                    value = (1 << (8 * length)) - 1
+                struct.pack_into("<8s", view, 40, value.to_bytes(8, "little"))
+        elif reason == _EXIT_INTR_CODE:
+            if ctl.stopping:
+                return
+        else:
+            code, record = decode_exit(view)
+            if not on_exit(vcpu, code, record):
+                return
+
+
+def _deliver_coalesced(entries, pio_bus, mmio_bus) -> None:
+    for addr, length, pio, data in entries:
+        (pio_bus if pio else mmio_bus).write(addr, length, int.from_bytes(data, "little"))
+
+
+def join_vcpu_threads(threads: list[threading.Thread], ctl: VmControl, grace_s: float = 5.0) -> list[int]:
+    """Join every vCPU thread, re-kicking until they are gone.  Returns indices still alive after
+    ``grace_s`` (a kernel that never returns from KVM_RUN; they are daemon threads)."""
+    deadline = time.monotonic() + grace_s
+    for t in threads:
+        while t.is_alive() and time.monotonic() < deadline:
+            ctl.kick_all()
+            t.join(0.05)
+    return [i for i, t in enumerate(threads) if t.is_alive()]
