@@ -276,6 +276,7 @@ def plan_guest(kernel, config: BootConfig, *, initrd_size: int | None = None) ->
     minimum = max(MIN_MEMORY, kernel_end)
     if memory < minimum:
         need = minimum + initrd_pages if kernel_end + initrd_pages <= L.MMIO_HOLE_START else minimum
+        need = _align_up(need, L.MiB)  # a value the user can pass to --memory
         raise LayoutError(f"memory size {format_size(memory)} is too small: this kernel needs at "
                           f"least {format_size(need)} (it ends at {kernel_end:#x})")
 
@@ -294,7 +295,8 @@ def plan_guest(kernel, config: BootConfig, *, initrd_size: int | None = None) ->
                                    L.PAGE_SIZE)
             hint = ""
             if kernel_end + initrd_pages <= hard_top:
-                hint = f"; give the guest at least {format_size(kernel_end + initrd_pages)} of memory"
+                need = _align_up(kernel_end + initrd_pages, L.MiB)
+                hint = f"; give the guest at least {format_size(need)} of memory"
             raise LayoutError(f"initrd of {size_of_initrd} bytes does not fit: {room} bytes free "
                               f"between the kernel's end {kernel_end:#x} and {top:#x}{hint}")
         addr = _align_down(top - size_of_initrd, L.PAGE_SIZE)

@@ -1,0 +1,97 @@
+"""`pvhboot plan KERNEL [--memory 512M] [--initrd F] [--cmdline S] [--cpus N] [--protocol P] [--json]`:
+the builder's dry run -- the memory map the guest would be told and where every blob would go.
+Nothing is mapped or written."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..abi.e820 import E820Type
+from ..boot import PROTOCOLS, BootConfig, plan_guest
+from ..boot.plan import format_size
+from ..image import load_kernel
+from ..memory import layout as L
+from ._util import parse_size
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("plan", help="dry run: print the guest memory map and blob placement",
+                              description="Plan guest memory for KERNEL without running it: RAM "
+                                          "ranges, the e820 map the guest is told, and the address "
+                                          "of every blob (kernel, initrd, start_info, zero page, "
+                                          "ACPI tables, page tables, GDT).")
+    p.add_argument("kernel", metavar="KERNEL", help="ELF vmlinux or bzImage")
+    p.add_argument("--memory", default="512M", metavar="SIZE", help="guest RAM (default 512M)")
+    p.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
+    p.add_argument("--cmdline", default="", metavar="S", help="kernel command line")
+    p.add_argument("--cpus", type=int, default=1, metavar="N", help="vCPUs (default 1)")
+    p.add_argument("--protocol", choices=("auto",) + PROTOCOLS, default="auto",
+                   help="entry protocol (default auto: pvh when the kernel has the PVH note, "
+                        "else linux64)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def resolve_protocol(kernel, protocol: str) -> str:
+    if protocol != "auto":
+        return protocol
+    return "pvh" if kernel.entries.pvh is not None else "linux64"
+
+
+def build_report(kernel, config: BootConfig, plan) -> dict:
+    return {
+        "kernel": kernel.path,
+        "format": kernel.format,
+        "protocol": plan.protocol,
+        "entry": plan.entry,
+        "memory": plan.memory,
+        "cpus": config.cpus,
+        "cmdline": config.cmdline,
+        "ram_ranges": [{"addr": a, "size": s} for a, s in plan.ram_ranges],
+        "mmio_hole": {"addr": L.MMIO_HOLE_START, "size": L.MMIO_HOLE_SIZE},
+        "e820": [{"addr": r.addr, "size": r.size, "type": E820Type(r.type).name}
+                 for r in plan.e820],
+        "placements": [{"name": p.name, "addr": p.addr, "size": p.size, "align": p.align}
+                       for p in plan.placements],
+    }
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{report['kernel']}[/bold] ({report['format']}): protocol "
+                  f"[bold]{report['protocol']}[/bold], entry {report['entry']:#x}, "
+                  f"{format_size(report['memory'])} RAM, {report['cpus']} vCPU(s)")
+    e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")
+    for col in ("start", "end", "size", "type"):
+        e820.add_column(col, justify="right" if col != "type" else "left")
+    rows = [(r["addr"], r["size"], r["type"]) for r in report["e820"]]
+    hole = report["mmio_hole"]
+    rows.append((hole["addr"], hole["size"], "(MMIO hole: IOAPIC, LAPIC, devices)"))
+    for addr, size, typ in sorted(rows):
+        e820.add_row(f"{addr:#012x}", f"{addr + size:#012x}", format_size(size), typ)
+    console.print(e820)
+    blobs = Table(title="Placements")
+    for col in ("blob", "start", "end", "size", "align"):
+        blobs.add_column(col, justify="left" if col == "blob" else "right")
+    for p in report["placements"]:
+        blobs.add_row(p["name"], f"{p['addr']:#012x}", f"{p['addr'] + p['size']:#012x}",
+                      format_size(p["size"]), str(p["align"]))
+    console.print(blobs)
+
+
+def run(args) -> int:
+    memory = parse_size(args.memory)
+    kernel = load_kernel(args.kernel)
+    config = BootConfig(memory=memory, cpus=args.cpus, cmdline=args.cmdline, initrd=args.initrd,
+                        protocol=resolve_protocol(kernel, args.protocol))
+    plan = plan_guest(kernel, config)
+    report = build_report(kernel, config, plan)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(report)
+    return 0
