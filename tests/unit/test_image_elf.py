@@ -162,3 +162,11 @@ def test_load_kernel_names_the_file(tmp_path):
         load_kernel(tmp_path / "missing")
     with pytest.raises(ImageError, match="Is a directory"):
         load_kernel(tmp_path)
+
+
+def test_note_name_without_nul():
+    # Found by fuzzing: pyelftools' construct raises ArrayError for an unterminated note name.
+    elf = bytearray(imagekit.build_elf(notes=[("Xen", 18, struct.pack("<I", 1))]))
+    elf[elf.index(b"Xen\0") + 3] = ord("X")
+    with pytest.raises(ImageError, match="^malformed ELF: ArrayError: .*missing terminator"):
+        parse_elf(bytes(elf))

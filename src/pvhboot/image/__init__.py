@@ -16,7 +16,7 @@ from .elf import ELF_MAGIC, parse_elf, physical_entry
 from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, XenNote
 
 __all__ = [
-    "load_kernel", "map_file", "entries_of", "parse_elf", "parse_bzimage", "STARTUP_64_OFFSET",
+    "load_kernel", "describe_kernel", "map_file", "entries_of", "parse_elf", "parse_bzimage", "STARTUP_64_OFFSET",
     "KernelImage", "ElfImage", "BzImage", "Entries", "LoadSegment", "XenNote",
 ]
 
@@ -59,8 +59,11 @@ def entries_of(elf: ElfImage | None, bz: BzImage | None) -> Entries:
 
 def load_kernel(path: str | os.PathLike, *, decompress: bool = True) -> KernelImage:
     """Describe the kernel at ``path`` (ELF vmlinux or bzImage).  ImageError naming the file otherwise."""
-    name = os.fspath(path)
-    data = map_file(path)
+    return describe_kernel(map_file(path), os.fspath(path), decompress=decompress)
+
+
+def describe_kernel(data, name: str = "<kernel>", *, decompress: bool = True) -> KernelImage:
+    """Describe a kernel held in ``data`` (bytes or a read-only mmap); errors are prefixed with ``name``."""
     try:
         if data[:4] == ELF_MAGIC:
             elf = parse_elf(data)

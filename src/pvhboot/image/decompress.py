@@ -36,6 +36,9 @@ LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK_MAX = 8 << 20
 
 SIZE_TRAILER = 4  # u32 LE decompressed size appended by size_append
+# No x86 kernel image exceeds KERNEL_IMAGE_SIZE (1 GiB with KASLR, arch/x86/include/asm/
+# page_64_types.h); a larger trailer is corruption, and must not make us allocate gigabytes.
+MAX_DECOMPRESSED = 1 << 30
 
 
 def detect_compression(payload: bytes | memoryview) -> str:
@@ -64,6 +67,9 @@ def decompress_payload(payload: bytes | memoryview, compression: str | None = No
             f"(rebuild the kernel with another CONFIG_KERNEL_* codec, or extract it with the {name} tool)"
         )
     expected = decompressed_size(payload)
+    if expected > MAX_DECOMPRESSED:
+        raise ImageError(f"{name} payload's size trailer says {expected} bytes, more than any kernel image "
+                         f"({MAX_DECOMPRESSED}): the payload is corrupt")
     stream = payload[: len(payload) - SIZE_TRAILER]
     try:
         out = _DECODERS[name](stream, expected)

@@ -15,6 +15,7 @@ import mmap
 import struct
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from ..abi.xen_notes import XEN_NOTE_OWNER, decode_xen_note, xen_note_name
@@ -31,7 +32,7 @@ LINUX_BANNER_PREFIX = b"Linux version "
 _BANNER_MAX = 512
 
 # What pyelftools (and construct below it) raise on malformed input.
-_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, OverflowError,
+_PARSE_ERRORS = (ELFError, ConstructError, struct.error, ValueError, IndexError, KeyError, OverflowError,
                  UnicodeDecodeError, EOFError, TypeError, AttributeError, AssertionError)
 
 
