@@ -269,7 +269,8 @@ class Machine:
             if stuck:
                 info.detail += f"\n(vCPU(s) {stuck} did not leave KVM_RUN)"
             lines = self.serial.recent_lines() if self.serial is not None else []
-            report = format_crash_report(info, lines, self.symbols, self.on_kvm_pvm, self.phys_to_virt)
+            symbols = self.symbols() if callable(self.symbols) else self.symbols
+            report = format_crash_report(info, lines, symbols, self.on_kvm_pvm, self.phys_to_virt)
             code = code or 1
         if self.serial is not None:
             self.serial.flush()
@@ -324,9 +325,7 @@ class MicroVM:
         if not 1 <= cpus <= MAX_CPUS:
             raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
         if kernel is None:
-            from ..probe import probe_path
-
-            kernel = str(probe_path())
+            kernel = _builtin_probe()
         self.kernel_path = kernel
         self.initrd, self.cmdline, self.memory, self.cpus = initrd, cmdline, memory, cpus
         self.requested_protocol = protocol
@@ -366,6 +365,13 @@ class MicroVM:
         from ..memory import GuestMemory
 
         self.image = load_kernel(self.kernel_path)
+        # --symbols is loaded now (a bad file is the user's error, before the guest runs); the kernel's
+        # own .symtab only when a report needs it (reading it takes seconds for a distro vmlinux).
+        if self.symbols_path:
+            symbols = load_symbol_table(self.symbols_path)
+        else:
+            elf = self.image.elf
+            symbols = lambda: load_symbol_table(None, elf)  # noqa: E731
         self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
         config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
                             protocol=self.protocol)
@@ -375,7 +381,6 @@ class MicroVM:
         if self.mutate is not None:
             loaded = self.mutate(loaded, self.mem) or loaded
         self.loaded = loaded
-        symbols = load_symbol_table(self.symbols_path, self.image.elf)
         self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
                                timeout=self.timeout, symbols=symbols, stdin=self.stdin,
                                phys_to_virt=_phys_to_virt(self.image))
@@ -384,6 +389,14 @@ class MicroVM:
     def run(self) -> VmExit:
         machine = self.machine or self.build()
         return machine.run()
+
+
+def _builtin_probe() -> str:
+    try:
+        from ..probe import probe_path
+    except ImportError:
+        raise ConfigError("the built-in probe is not part of this installation; name a KERNEL") from None
+    return str(probe_path())
 
 
 def _phys_to_virt(image) -> int:

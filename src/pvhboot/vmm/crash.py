@@ -117,18 +117,19 @@ def symbolize(symbols, addr: int, phys_to_virt: int = 0) -> str | None:
 
 
 def load_symbol_table(symbols_path: str | None, kernel_elf=None):
-    """A SymbolTable from --symbols, else from the kernel ELF's .symtab; None when neither works."""
+    """A SymbolTable from ``symbols_path`` (--symbols: its errors are the user's, so they propagate as
+    ImageError), else from the kernel ELF's .symtab when it has one; None when unavailable."""
     try:
         from ..image.symbols import SymbolTable, load_symbols
     except ImportError:
         return None
-    try:
-        if symbols_path:
-            return load_symbols(symbols_path)
-        if kernel_elf is not None:
+    if symbols_path:
+        return load_symbols(symbols_path)
+    if kernel_elf is not None and getattr(kernel_elf, "symbols_available", True):
+        try:
             return SymbolTable.from_elf(kernel_elf)
-    except Exception:  # noqa: BLE001 - a stripped kernel just gives an unsymbolized report
-        return None
+        except Exception:  # noqa: BLE001 - a stripped kernel just gives an unsymbolized report
+            return None
     return None
 
 
