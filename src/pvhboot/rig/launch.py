@@ -44,24 +44,28 @@ class RigResult:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool) -> str:
+def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool,
+              returncode: int | None = None) -> str:
     text = "\n".join(lines)
     tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
     for ln in lines:
         if ln.startswith("RIG-FAIL"):
             return f"rig failed to come up: {ln[len('RIG-FAIL '):]}\n{tail}"
-    if re.search(r"Out of memory|oom-kill|Initramfs unpacking failed|invalid magic at start of "
-                 r"compressed archive|write error", text):
+    if re.search(r"Out of memory|oom-kill|deadlocked on memory|Initramfs unpacking failed|"
+                 r"initrd is too large|write error", text):
         return ("rig ran out of memory (the initramfs did not fit, or the command used too much; "
                 f"raise the outer -m)\n{tail}")
     panic = next((ln for ln in lines if "Kernel panic" in ln), None)
     if panic:
         return f"outer kernel panicked: {panic.strip()}\n{tail}"
+    if timed_out and not lines:
+        return f"rig timed out after {timeout:.0f} s and QEMU printed nothing (a loaded machine?)"
     if timed_out:
         where = "while running the command" if ready else "before kvm_amd was ready"
         return f"rig timed out after {timeout:.0f} s {where}; last console lines:\n{tail}"
     if not lines:
-        return "QEMU printed nothing (is the outer kernel a PVH vmlinux?)"
+        return (f"QEMU exited with status {returncode} and printed nothing (is the outer kernel a "
+                "PVH vmlinux? is -m large enough for the kernel and the rig archive?)")
     return f"rig stopped without a RIG-RESULT line; last console lines:\n{tail}"
 
 
@@ -123,7 +127,8 @@ def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
     begin = next((i for i, ln in enumerate(lines) if ln.startswith("RIG-BEGIN")), None)
     result = next((i for i, ln in enumerate(lines) if _RESULT.match(ln)), None)
     if begin is None or result is None:
-        raise RigError(_diagnose(lines, timed_out, timeout, "RIG-READY" in stages), console)
+        raise RigError(_diagnose(lines, timed_out, timeout, "RIG-READY" in stages,
+                                 proc.returncode), console)
     rc = int(_RESULT.match(lines[result]).group(1))
     output = "\n".join(lines[begin + 1:result])
     return RigResult(rc=rc, output=output + ("\n" if output else ""), wall_time=wall,
