@@ -247,7 +247,8 @@ def _fixed_placements(config: BootConfig, cmdline_len: int, e820_len: int, has_i
 
 def _containing(e820: tuple[MemoryRegionSpec, ...], addr: int, size: int) -> MemoryRegionSpec | None:
     for r in e820:
-        if r.addr <= addr and addr + max(size, 1) <= r.addr + r.size:
+        # A zero-length blob (an empty initrd) may sit at the very end of a range.
+        if r.addr <= addr and addr + size <= r.addr + r.size:
             return r
     return None
 
