@@ -66,6 +66,8 @@ def test_flexible_arrays():
     assert ctypes.sizeof(abi.kvm_msrs_with(5)) == 8 + 5 * 16
     assert abi.kvm_cpuid2_with(3) is abi.kvm_cpuid2_with(3)
     assert abi.kvm_coalesced_mmio_max(4096) == 170  # (4096 - 8) / 24
+    # asm/kvm.h (x86): the PIO data page is page 1 of the vCPU mapping, the coalesced ring page 2
+    assert (abi.KVM_PIO_PAGE_OFFSET, abi.KVM_COALESCED_MMIO_PAGE_OFFSET) == (1, 2)
 
 
 def test_enums():

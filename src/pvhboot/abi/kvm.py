@@ -129,8 +129,10 @@ class kvm_coalesced_mmio_ring(ctypes.Structure):
 
 
 check_layout(kvm_coalesced_mmio_ring, 8, first=0, last=4)
-# arch/x86/include/uapi/asm/kvm.h: the ring is this many pages into the vCPU mmap.
-KVM_COALESCED_MMIO_PAGE_OFFSET = 1
+# arch/x86/include/uapi/asm/kvm.h: pages into the vCPU mmap after kvm_run (page 0): the port-I/O
+# data page (kvm_run.io.data_offset points there) and the coalesced MMIO/PIO ring.
+KVM_PIO_PAGE_OFFSET = 1
+KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 
 
 def kvm_coalesced_mmio_max(page_size: int = 4096) -> int:

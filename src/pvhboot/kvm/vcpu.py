@@ -11,6 +11,7 @@ import functools
 import mmap
 import os
 import struct
+import threading
 
 from ..abi import kvm as abi
 from ..errors import KvmError
@@ -27,17 +28,19 @@ class CoalescedRing:
         self._view = view
         self._off = offset
         self._max = abi.kvm_coalesced_mmio_max(mmap.PAGESIZE)
+        self._lock = threading.Lock()  # one ring per VM, drained from every vCPU thread
 
     def drain(self) -> list[tuple[int, int, bool, bytes]]:
         """Entries (addr, len, pio, data) queued since the last drain, oldest first; consumes them."""
         v, off = self._view, self._off
-        first, last = _RING_HEAD.unpack_from(v, off)
         out = []
-        while first != last:
-            addr, length, pio, data = _RING_ENTRY.unpack_from(v, off + 8 + first * _RING_ENTRY.size)
-            out.append((addr, length, bool(pio), data[:length]))
-            first = (first + 1) % self._max
-        struct.pack_into("<I", v, off, first)  # user space owns ``first`` (kvm.h)
+        with self._lock:
+            first, last = _RING_HEAD.unpack_from(v, off)
+            while first != last:
+                addr, length, pio, data = _RING_ENTRY.unpack_from(v, off + 8 + first * _RING_ENTRY.size)
+                out.append((addr, length, bool(pio), data[:length]))
+                first = (first + 1) % self._max
+            struct.pack_into("<I", v, off, first)  # user space owns ``first`` (kvm.h)
         return out
 
 

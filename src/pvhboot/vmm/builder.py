@@ -85,7 +85,8 @@ class Machine:
 
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
-                 phys_to_virt: int = 0, kvm_path: str = "/dev/kvm"):
+                 phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
+                 coalesced: tuple[tuple[int, int, bool], ...] = ()):
         from ..kvm import Kvm, is_kvm_pvm
 
         if not 1 <= cpus <= MAX_CPUS:
@@ -107,6 +108,9 @@ class Machine:
             _CallableConsole(console) if callable(console) and not hasattr(console, "write") else
             ConsoleOutput(console))
         self._want_stdin = stdin
+        # (addr, size, pio) zones whose writes KVM queues in the coalesced ring instead of exiting;
+        # the run loop delivers them, in order, before handling the next exit.
+        self._coalesced = tuple(coalesced)
         self.ctl = VmControl()
         self._events: list = []
         self._start_ns = 0
@@ -136,6 +140,8 @@ class Machine:
             vm.create_irqchip()
             vm.create_pit2()
         vm.add_guest_memory(self.mem)
+        for addr, size, pio in self._coalesced:
+            vm.register_coalesced_zone(addr, size, pio=pio)
 
     def _setup_devices(self, irqchip: bool) -> None:
         from .. import devices as d
@@ -225,7 +231,7 @@ class Machine:
         self._ran = True
         install_kick_handler()
         ctl = self.ctl
-        ring = None
+        ring = self.vm.vcpus[0].coalesced_ring() if self._coalesced else None
         threads = [threading.Thread(target=vcpu_thread_main, name=f"pvhboot-vcpu{v.index}", daemon=True,
                                     args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, ring))
                    for v in self.vm.vcpus]
@@ -247,6 +253,10 @@ class Machine:
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
+            if ring is not None:  # writes queued after the last exit
+                from .runloop import deliver_coalesced
+
+                deliver_coalesced(ring.drain(), self.pio_bus, self.mmio_bus)
             wall = time.monotonic() - t0
             if self._console_input is not None:
                 self._console_input.stop()

@@ -137,7 +137,7 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> Non
                 continue
             raise
         if drain is not None:
-            _deliver_coalesced(drain(), pio_bus, mmio_bus)
+            deliver_coalesced(drain(), pio_bus, mmio_bus)
         reason, direction, size, port, count, off = unpack_exit(view, 0)
         if reason == _EXIT_IO_CODE:
             fmt = values[size]
@@ -169,7 +169,7 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> Non
                 return
 
 
-def _deliver_coalesced(entries, pio_bus, mmio_bus) -> None:
+def deliver_coalesced(entries, pio_bus, mmio_bus) -> None:
     for addr, length, pio, data in entries:
         (pio_bus if pio else mmio_bus).write(addr, length, int.from_bytes(data, "little"))
 
