@@ -11,7 +11,6 @@ from pvhboot.boot.acpi import (
     build_fadt,
     build_madt,
     build_rsdp,
-    build_xsdt,
     checksum,
     configure_acpi,
 )
