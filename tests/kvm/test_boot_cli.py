@@ -121,3 +121,5 @@ def test_probe_passes(protocol, cpus, memory):
     p = pvhboot("--protocol", protocol, "--cpus", str(cpus), "--memory", memory, "--timeout", "60", timeout=120)
     assert p.returncode == 0, (p.stdout.decode()[-2000:], p.stderr.decode())
     assert b"PROBE PASS" in p.stdout
+    assert f"smp.cpus_seen={cpus}".encode() in p.stdout
+    assert p.stderr == b""
