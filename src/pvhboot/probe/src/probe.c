@@ -1181,11 +1181,15 @@ void __attribute__((noreturn)) probe_main(struct entry_state *st)
     for (int i = 0; i < 64; i++)
         zero &= bss_canary[i] == 0;
     rule("load.bss_zeroed", ok(zero), "64 bytes at the end of .bss read as zero (ELF: memsz beyond filesz is zero)");
-    u32 a, b, c, d;
-    cpuid(0x40000000, &a, &b, &c, &d);
-    emit("cpu.hypervisor=%c%c%c%c%c%c%c%c%c%c%c%c\n", (int)(b & 0xff), (int)((b >> 8) & 0xff), (int)((b >> 16) & 0xff), (int)(b >> 24),
-         (int)(c & 0xff), (int)((c >> 8) & 0xff), (int)((c >> 16) & 0xff), (int)(c >> 24),
-         (int)(d & 0xff), (int)((d >> 8) & 0xff), (int)((d >> 16) & 0xff), (int)(d >> 24));
+    u32 sig[4];
+    cpuid(0x40000000, &sig[3], &sig[0], &sig[1], &sig[2]);
+    put_s("cpu.hypervisor=");
+    for (int i = 0; i < 12; i++) {          /* printable bytes only ("KVMKVMKVM\0\0\0") */
+        char ch = (char)(sig[i / 4] >> (8 * (i % 4)));
+        if (ch > 0x20 && ch < 0x7f)
+            put_c(ch);
+    }
+    put_c('\n');
 
     if (st->protocol == PROTO_PVH) {
         report_pvh_entry(st);
