@@ -6,11 +6,11 @@ real Linux).  A test whose needs are absent is *skipped with the reason*, never 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from support import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_CACHE = ROOT / ".cache" / "debian-kernel" / "current"
@@ -31,13 +31,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "kvm" in item.keywords:
                 item.add_marker(skip)
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if not path:
-        pytest.skip(f"{name} is not installed (scripts/setup-tests.sh installs it)")
-    return path
 
 
 @pytest.fixture(scope="session")

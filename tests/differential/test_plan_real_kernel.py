@@ -27,7 +27,7 @@ def _readelf_loads(path, readelf):
 
 
 def test_pvh_plan_matches_readelf_and_loads_file_bytes(debian_vmlinux):
-    from conftest import require_tool
+    from support import require_tool
 
     readelf = require_tool("readelf")
     loads = _readelf_loads(debian_vmlinux, readelf)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import require_tool
+from support import require_tool
 from pvhboot.cli import main
 
 # readelf names some note types even for a foreign owner (binutils readelf.c get_note_type):
