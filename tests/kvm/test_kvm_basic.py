@@ -148,3 +148,22 @@ def test_coalesced_pio_zone_delivers_in_order():
             r = m.run()
     assert r.reason == "debug_exit" and r.exit_code == 7
     assert r.console == b"hello from the guest\n"
+
+
+class _BrokenDevice:
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        raise RuntimeError(f"device bug at offset {offset} value {value:#x}")
+
+
+def test_device_exception_ends_the_vm_with_a_report():
+    # 16-bit: mov al, 0x5a ; out 0x90, al ; hlt
+    with GuestMemory([(0, 1 << 20)]) as mem:
+        mem.write(guests.LOAD, bytes([0xB0, 0x5A, 0xE6, 0x90, 0xF4]))
+        with Machine(mem, guests.real_mode(), console=None, timeout=10) as m:
+            m.pio_bus.insert(_BrokenDevice(), 0x90, 1, "broken")
+            r = m.run()
+    assert r.reason == "crash" and r.exit_code == 1
+    assert "vmm error" in r.crash_report and "device bug at offset 0 value 0x5a" in r.crash_report

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ._util import parse_size
+from ._util import parse_size, write_atomically
 
 EXIT_CRASH = 1
 
@@ -53,7 +53,7 @@ def run(args) -> int:
                  stdin=stdin_is_tty) as vm:
         record = vm.run()
     if args.events_json:
-        record.write_json(args.events_json)
+        write_atomically(args.events_json, [record.to_json_bytes()])
     if record.crash_report:
         sys.stdout.flush()
         sys.stderr.write(record.crash_report)

@@ -43,10 +43,8 @@ class VmExit:
         d["boot_markers"] = [{"code": c, "seconds": s} for c, s in self.boot_markers]
         return d
 
-    def write_json(self, path: str) -> None:
-        from ..commands._util import write_atomically
-
-        write_atomically(path, [json.dumps(self.to_json(), indent=2).encode() + b"\n"])
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), indent=2).encode() + b"\n"
 
 
 class ConsoleOutput:
@@ -359,6 +357,15 @@ class MicroVM:
         if self.mem is not None:
             self.mem.close()
             self.mem = None
+        if self.image is not None:  # the kernel file's read-only mapping(s)
+            for holder in (self.image.elf, self.image.bzimage):
+                data = getattr(holder, "data", None)
+                if hasattr(data, "close"):
+                    try:
+                        data.close()
+                    except BufferError:  # a parsed view still refers to it; freed when collected
+                        pass
+            self.image = None
 
     @staticmethod
     def resolve_protocol(image, requested: str) -> str:
@@ -374,26 +381,30 @@ class MicroVM:
         from ..image import load_kernel
         from ..memory import GuestMemory
 
-        self.image = load_kernel(self.kernel_path)
-        # --symbols is loaded now (a bad file is the user's error, before the guest runs); the kernel's
-        # own .symtab only when a report needs it (reading it takes seconds for a distro vmlinux).
-        if self.symbols_path:
-            symbols = load_symbol_table(self.symbols_path)
-        else:
-            elf = self.image.elf
-            symbols = lambda: load_symbol_table(None, elf)  # noqa: E731
-        self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
-        config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                            protocol=self.protocol)
-        plan = plan_guest(self.image, config)
-        self.mem = GuestMemory(list(plan.ram_ranges))
-        loaded = load_guest(self.image, config, plan, self.mem)
-        if self.mutate is not None:
-            loaded = self.mutate(loaded, self.mem) or loaded
-        self.loaded = loaded
-        self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
-                               timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                               phys_to_virt=_phys_to_virt(self.image))
+        try:
+            self.image = load_kernel(self.kernel_path)
+            self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
+            config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
+                                protocol=self.protocol)
+            # --symbols is loaded now (a bad file is the user's error, before the guest runs); the
+            # kernel's own .symtab only when a report needs it (seconds for a distro vmlinux).
+            if self.symbols_path:
+                symbols = load_symbol_table(self.symbols_path)
+            else:
+                elf = self.image.elf
+                symbols = lambda: load_symbol_table(None, elf)  # noqa: E731
+            plan = plan_guest(self.image, config)
+            self.mem = GuestMemory(list(plan.ram_ranges))
+            loaded = load_guest(self.image, config, plan, self.mem)
+            if self.mutate is not None:
+                loaded = self.mutate(loaded, self.mem) or loaded
+            self.loaded = loaded
+            self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
+                                   timeout=self.timeout, symbols=symbols, stdin=self.stdin,
+                                   phys_to_virt=_phys_to_virt(self.image))
+        except BaseException:
+            self.close()  # no guest memory or fd outlives a failed build
+            raise
         return self.machine
 
     def run(self) -> VmExit:
