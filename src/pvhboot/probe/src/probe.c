@@ -827,7 +827,8 @@ static struct {
     u32 pm1a_cnt;
 } acpi;
 
-static int sum8(u64 a, u32 n) { u8 s = 0; for (u32 i = 0; i < n; i++) s += rd8(a + i); return s == 0; }
+static u32 bytesum(u64 a, u32 n) { u8 s = 0; for (u32 i = 0; i < n; i++) s += rd8(a + i); return s; }
+static int sum8(u64 a, u32 n) { return bytesum(a, n) == 0; }
 
 static u64 scan_rsdp(u64 start, u64 len)
 {
@@ -864,12 +865,12 @@ static void check_acpi(void)
     emit("acpi.rsdp_revision=%u\nacpi.oem_id=", (u32)rev);
     put_esc(rsdp + 9, 6);
     put_c('\n');
-    rule("acpi.rsdp_checksum", ok(sum8(rsdp, 20)), "sum of the first 20 bytes");
+    rule("acpi.rsdp_checksum", ok(sum8(rsdp, 20)), "first 20 bytes sum to %x", bytesum(rsdp, 20));
     u64 root = rd32(rsdp + 16);
     int esize = 4;
     if (rev >= 2) {
         u32 len = rd32(rsdp + 20);
-        rule("acpi.rsdp_ext_checksum", ok(len >= 36 && len < 4096 && sum8(rsdp, len)), "length %u", len);
+        rule("acpi.rsdp_ext_checksum", ok(len >= 36 && len < 4096 && sum8(rsdp, len)), "length %u sums to %x", len, len >= 36 && len < 4096 ? bytesum(rsdp, len) : 0);
         if (rd64(rsdp + 24)) {
             root = rd64(rsdp + 24);
             esize = 8;
