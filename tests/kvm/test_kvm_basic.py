@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import os
-import sys
 
+import guests  # tests/kvm/guests.py (pytest puts this folder on sys.path)
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import guests  # noqa: E402
-
-from pvhboot.abi import kvm as abi  # noqa: E402
-from pvhboot.errors import KvmError  # noqa: E402
-from pvhboot.kvm import Kvm  # noqa: E402
-from pvhboot.memory import GuestMemory  # noqa: E402
-from pvhboot.vmm import Machine  # noqa: E402
+from pvhboot.abi import kvm as abi
+from pvhboot.errors import KvmError
+from pvhboot.kvm import Kvm
+from pvhboot.memory import GuestMemory
+from pvhboot.vmm import Machine
 
 pytestmark = pytest.mark.kvm
 
@@ -121,7 +118,7 @@ def _maps_count() -> int:
 
 def test_200_cycles_leave_no_fd_and_no_mapping():
     def cycle():
-        r = run_guest(guests.debug_exit(3)[:0] + bytes([0xB0, 0x03, 0xE6, 0xF4, 0xF4]), guests.real_mode(),
+        r = run_guest(bytes([0xB0, 0x03, 0xE6, 0xF4, 0xF4]), guests.real_mode(),
                       memory=64 << 10)
         assert r.reason == "debug_exit" and r.exit_code == 3
 

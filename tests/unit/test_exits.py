@@ -2,8 +2,8 @@
 import struct
 
 from pvhboot.abi import kvm as abi
-from pvhboot.kvm.exits import (FailEntryExit, InternalErrorExit, IoExit, MmioExit, SimpleExit,
-                               SystemEventExit, UnknownExit, decode_exit, io_data)
+from pvhboot.kvm.exits import (FailEntryExit, InternalErrorExit, IoExit, MmioExit, SimpleExit, SystemEventExit,
+                               UnknownExit, decode_exit, io_data)
 
 RUN_SIZE = 2352
 
@@ -27,7 +27,7 @@ def test_io_out():
 
 def test_io_in_rep():
     page = run_page(2, struct.pack("<BBHIQ", 0, 2, 0x1F0, 4, 0x1000))
-    reason, rec = decode_exit(memoryview(page))
+    _, rec = decode_exit(memoryview(page))
     assert (rec.direction, rec.size, rec.port, rec.count) == (0, 2, 0x1F0, 4)
     assert not rec.is_write
     assert len(io_data(page, rec)) == 8
@@ -35,7 +35,7 @@ def test_io_in_rep():
 
 def test_mmio_write():
     page = run_page(6, struct.pack("<Q8sIB", 0xD0000000, b"\x7b" + b"\0" * 7, 1, 1))
-    reason, rec = decode_exit(bytes(page))
+    _, rec = decode_exit(bytes(page))
     assert rec == MmioExit(0xD0000000, b"\x7b" + b"\0" * 7, 1, True)
 
 

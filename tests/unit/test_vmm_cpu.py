@@ -2,7 +2,7 @@
 import pytest
 
 from pvhboot.abi import kvm as abi
-from pvhboot.boot.cpu_state import CpuState, DescriptorTable, Segment, build_cpu_state
+from pvhboot.boot.cpu_state import CpuState, build_cpu_state
 from pvhboot.kvm.cpuid import build_vcpu_cpuid, find
 from pvhboot.kvm.msrs import build_boot_msrs
 from pvhboot.vmm.cpu import build_kvm_regs, build_kvm_sregs, segment_from_kvm
@@ -114,7 +114,7 @@ def test_crash_report_text():
             return ("pvh_start_xen", addr - 0x1000800) if addr == 0x1000850 else None
 
     text = format_crash_report(CrashInfo("triple fault", 0, "KVM_EXIT_SHUTDOWN", snapshots=[snap]),
-                               ["line %d" % i for i in range(60)], Syms(), on_kvm_pvm=True)
+                               [f"line {i}" for i in range(60)], Syms(), on_kvm_pvm=True)
     assert "triple fault on vCPU 0" in text
     assert "ud2" in text and "0x1000850:" in text
     assert "<pvh_start_xen+0x50>" in text
