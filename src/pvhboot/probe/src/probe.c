@@ -36,9 +36,9 @@ _Static_assert(sizeof(struct entry_state) == ST_SIZE, "ST_SIZE");
 
 extern char _image_start[], _image_end[], bss_canary[], pvh_call_site[], startup_64[];
 extern char ap_tramp_start[], ap_tramp_end[], fault64_stubs[];
-extern u64 pml4[], pd0[];
+extern u64 pml4[];
 extern volatile u64 fixup64, last_vector64;
-extern volatile u32 ap_count, page_tables_ready, lapic_base;
+extern volatile u32 ap_count, lapic_base;
 extern volatile u16 ap_slots[256];
 extern void halt_forever(void) __attribute__((noreturn));
 
@@ -97,21 +97,28 @@ static void uart_write(const char *s, int n)
         int spins = 100000;
         while (!(inb(COM1 + 5) & 0x20) && --spins)     /* LSR.THRE */
             ;
-        for (int i = 0; i < uart_burst && n > 0; i++, n--)
-            outb(COM1, (u8)*s++);
+        /* One FIFO load with one string OUT: a single VM exit for up to 16 bytes under KVM. */
+        unsigned long k = n < uart_burst ? (unsigned long)n : (unsigned long)uart_burst;
+        __asm__ volatile("rep outsb" : "+S"(s), "+c"(k) : "d"((u16)COM1) : "memory");
+        n -= uart_burst;
     }
 }
 
-static void put_c(char c)
+static void line_flush(void)
 {
-    if (line_len < (int)sizeof(line) - 1)
+    line[line_len++] = '\n';
+    uart_write(line, line_len);
+    line_len = 0;
+}
+
+/* Every output character costs emulated instructions (~1 us each at CPL0 on kvm_pvm): the common
+ * case is one compare and one store. */
+static inline __attribute__((always_inline)) void put_c(char c)
+{
+    if (c == '\n')
+        line_flush();
+    else if (line_len < (int)sizeof(line) - 2)
         line[line_len++] = c;
-    if (c == '\n') {
-        if (line[line_len - 1] != '\n')
-            line[line_len - 1] = '\n';
-        uart_write(line, line_len);
-        line_len = 0;
-    }
 }
 
 static void put_s(const char *s) { while (*s) put_c(*s++); }
@@ -120,15 +127,22 @@ static void put_u(u64 v, int base, int min_digits)
 {
     char buf[24];
     int n = 0;
-    do {
-        buf[n++] = "0123456789abcdef"[v % base];
-        v /= base;
-    } while (v || n < min_digits);
+    if (base == 16) {
+        do {
+            buf[n++] = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v || n < min_digits);
+    } else {
+        do {
+            buf[n++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v || n < min_digits);
+    }
     while (n)
         put_c(buf[--n]);
 }
 
-static void put_x(u64 v) { put_s("0x"); put_u(v, 16, 1); }
+static void put_x(u64 v) { put_c('0'); put_c('x'); put_u(v, 16, 1); }
 
 /* Bytes as printable ASCII, other bytes (and '\\') as \xHH. */
 static void put_esc(u64 addr, u32 n)
@@ -411,12 +425,12 @@ static void report_pvh_entry(struct entry_state *st)
     rule("entry.cr4", ok(st->cr4 == 0), "cr4=%x", st->cr4);
     /* Not in pvh.pandoc; paging is off, and a set LME would turn the kernel's own enabling of
      * paging into a switch to long mode. */
-    rule("entry.efer", ok(!(efer & (EFER_LME | EFER_LMA))), "efer=%lx (LME/LMA must be clear)", efer);
-    rule("entry.eflags", ok(!(st->eflags & (FL_IF | FL_TF | FL_VM))), "eflags=%x (IF, TF, VM must be clear)", st->eflags);
+    rule("entry.efer", ok(!(efer & (EFER_LME | EFER_LMA))), "efer=%lx", efer);
+    rule("entry.eflags", ok(!(st->eflags & (FL_IF | FL_TF | FL_VM))), "eflags=%x", st->eflags);
     rule("entry.cs_base", ok(st->call_eip == (u32)(u64)pvh_call_site),
          "call pushed %x, link address %x", st->call_eip, (u32)(u64)pvh_call_site);
     rule("entry.cs_flat", ok((st->checks & CHK_CS_LOW) && (st->checks & CHK_CS_HIGH)),
-         "read@0=%s read@0xfffffffc=%s (readable, limit 4 GiB)", yn(st->checks & CHK_CS_LOW), yn(st->checks & CHK_CS_HIGH));
+         "read@0=%s read@0xfffffffc=%s", yn(st->checks & CHK_CS_LOW), yn(st->checks & CHK_CS_HIGH));
     check_segment("entry.ds_flat", st, CHK_DS_BASE, CHK_DS_LOW, CHK_DS_HIGH, CHK_DS_WRITE, 0);
     check_segment("entry.es_flat", st, CHK_ES_BASE, CHK_ES_LOW, CHK_ES_HIGH, CHK_ES_WRITE, 0);
     check_segment("entry.ss_flat", st, CHK_SS_BASE, CHK_SS_LOW, CHK_SS_HIGH, CHK_SS_WRITE, CHK_SS_32BIT);
@@ -430,11 +444,11 @@ static void report_pvh_entry(struct entry_state *st)
         const char *ltr = st->ltr == 1 ? "loaded (available)" : st->ltr == 2 ? "faulted (busy)" : "not tried";
         report_desc("entry.tr_desc", d);
         rule("entry.tr_busy", ok(!d.s && d.type == 0xb && st->ltr == 2), "type=%x ltr %s", (u32)d.type, ltr);
-        rule("entry.tr_tss32", ok(!d.s && d.p && (d.type == 0x9 || d.type == 0xb)), "type=%x s=%u p=%u (32-bit TSS: 9 or 0xb)", (u32)d.type, (u32)d.s, (u32)d.p);
+        rule("entry.tr_tss32", ok(!d.s && d.p && (d.type == 0x9 || d.type == 0xb)), "type=%x s=%u p=%u", (u32)d.type, (u32)d.s, (u32)d.p);
         rule("entry.tr_base", ok(d.base == 0), "base=%x", d.base);
         rule("entry.tr_limit", ok(d.limit == 0x67), "limit=%x", d.limit);
     } else {
-        static const char why[] = "selector %x not readable in the host GDT (base %x limit %x): hidden TR state is not observable from the guest";
+        static const char why[] = "tr=%x not in the host GDT (base %x limit %x)";
         rule("entry.tr_busy", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
         rule("entry.tr_tss32", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
         rule("entry.tr_base", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
@@ -479,7 +493,8 @@ static void convert_start_info(u64 si)
 {
     u8 *bp = pvh_bootparams;
     u32 version = rd32(si + 4), entries = version > 0 ? rd32(si + 48) : 0;
-    memset(bp, 0, sizeof(pvh_bootparams));
+    for (u32 i = 0; i < sizeof(pvh_bootparams) / 8; i++)   /* 8 bytes a store: few emulated instructions */
+        ((u64 *)bp)[i] = 0;
     if (!(version > 0 && entries)) {
         emit("pvh_bootparams.status=linux would BUG(): no memmap (version %u, %u entries)\n", version, entries);
         return;
@@ -562,7 +577,7 @@ static void check_start_info(struct entry_state *st)
         nmap = (int)n;
         have_map = 1;
         rule("start_info.memmap_present", PASS, "%u entries", memmap_entries);
-        rule("start_info.memmap_entries", ok(memmap_entries <= MAX_MAP), "%u entries (Linux copies them into e820_table[128])", memmap_entries);
+        rule("start_info.memmap_entries", ok(memmap_entries <= MAX_MAP), "%u entries", memmap_entries);
         check_map("start_info");
         rule("start_info.memmap_in_ram", ok(in_ram(memmap, 24ul * memmap_entries)), "memmap %lx+%x", memmap, 24 * memmap_entries);
         add_busy("memmap", memmap, 24ul * memmap_entries);
@@ -693,11 +708,7 @@ static void check_gdt_entry(const char *name, u64 gdt, u32 limit, u32 sel, int c
 
 static void build_page_tables(void)
 {
-    if (page_tables_ready)
-        return;
-    for (u64 i = 0; i < 2048; i++)
-        pd0[i] = (i << 21) | 0x83;
-    page_tables_ready = 1;
+    /* The PML4, PDPT and page directories are static (head.S): only switch to them. */
     __asm__ volatile("mov %0, %%cr3" :: "r"((u64)pml4) : "memory");
 }
 
@@ -713,10 +724,10 @@ static void check_linux64(struct entry_state *st)
 
     rule("entry64.long_mode", ok((st->cr0_64 & CR0_PG) && (st->cr0_64 & CR0_PE) && (st->cr4_64 & CR4_PAE) && (efer & EFER_LME) && (efer & EFER_LMA)),
          "cr0=%lx cr4=%lx efer=%lx", st->cr0_64, st->cr4_64, efer);
-    rule("entry64.rflags", ok(!(st->rflags & (FL_IF | FL_TF))), "rflags=%lx (interrupts disabled, no single-step)", st->rflags);
+    rule("entry64.rflags", ok(!(st->rflags & (FL_IF | FL_TF))), "rflags=%lx", st->rflags);
     /* boot.rst 64-bit protocol: CS must be __BOOT_CS (0x10), DS/ES/SS __BOOT_DS (0x18). */
     rule("entry64.selectors", ok(st->cs == 0x10 && st->ds == 0x18 && st->es == 0x18 && st->ss == 0x18),
-         "cs=%x ds=%x es=%x ss=%x (boot.rst: __BOOT_CS 0x10, __BOOT_DS 0x18)", (u32)st->cs, (u32)st->ds, (u32)st->es, (u32)st->ss);
+         "cs=%x ds=%x es=%x ss=%x", (u32)st->cs, (u32)st->ds, (u32)st->es, (u32)st->ss);
     if (readable(gdt_base, (u64)gdt_limit + 1)) {
         check_gdt_entry("entry64.gdt_boot_cs", gdt_base, gdt_limit, 0x10, 1);
         check_gdt_entry("entry64.gdt_boot_ds", gdt_base, gdt_limit, 0x18, 0);
@@ -755,14 +766,14 @@ static void check_linux64(struct entry_state *st)
     u32 header = rd32(bp + 0x202);
     u16 version = rd16(bp + BP_VERSION);
     rule("boot_params.boot_flag", ok(boot_flag == 0xaa55), "boot_flag=%x at rsi+0x1fe", (u32)boot_flag);
-    rule("boot_params.header", ok(header == 0x53726448), "header=%x (\"HdrS\" is 0x53726448)", header);
+    rule("boot_params.header", ok(header == 0x53726448), "header=%x", header);
     emit("boot_params.version=%x\nboot_params.type_of_loader=%x\nboot_params.loadflags=%x\nboot_params.hardware_subarch=%u\n",
          (u32)version, (u32)rd8(bp + BP_TYPE_OF_LOADER), (u32)rd8(bp + 0x211), rd32(bp + BP_HARDWARE_SUBARCH));
     emit("boot_params.acpi_rsdp_addr=%lx\nboot_params.cmdline_size=%x\nboot_params.xloadflags=%x\n",
          rd64(bp + 0x70), rd32(bp + 0x238), (u32)rd16(bp + 0x236));
-    rule("boot_params.version", ok(version >= 0x020c), "version=%x (64-bit entry: 2.12 or later)", (u32)version);
-    rule("boot_params.type_of_loader", ok(rd8(bp + BP_TYPE_OF_LOADER) != 0), "type_of_loader=%x (boot.rst: obligatory, 0xff if no id)", (u32)rd8(bp + BP_TYPE_OF_LOADER));
-    rule("boot_params.hardware_subarch", ok(rd32(bp + BP_HARDWARE_SUBARCH) == 0), "hardware_subarch=%u (X86_SUBARCH_PC 0)", rd32(bp + BP_HARDWARE_SUBARCH));
+    rule("boot_params.version", ok(version >= 0x020c), "version=%x", (u32)version);
+    rule("boot_params.type_of_loader", ok(rd8(bp + BP_TYPE_OF_LOADER) != 0), "type_of_loader=%x", (u32)rd8(bp + BP_TYPE_OF_LOADER));
+    rule("boot_params.hardware_subarch", ok(rd32(bp + BP_HARDWARE_SUBARCH) == 0), "hardware_subarch=%u", rd32(bp + BP_HARDWARE_SUBARCH));
 
     u32 n = rd8(bp + BP_E820_ENTRIES);
     emit("boot_params.e820_entries=%u\n", n);
@@ -776,7 +787,7 @@ static void check_linux64(struct entry_state *st)
     nmap = n > MAX_MAP ? MAX_MAP : (int)n;
     have_map = nmap > 0;
     map_name = "e820";
-    rule("boot_params.e820_entries", ok(n >= 1 && n <= MAX_MAP), "%u entries (1..128)", n);
+    rule("boot_params.e820_entries", ok(n >= 1 && n <= MAX_MAP), "%u entries", n);
     check_map("boot_params");
     rule("boot_params.in_ram", ok(in_ram(bp, 4096)), "boot_params %lx+0x1000", bp);
     add_busy("boot_params", bp, 4096);
@@ -787,7 +798,7 @@ static void check_linux64(struct entry_state *st)
     emit("boot_params.cmd_line_ptr=%lx\n", cmdline);
     if (cmdline) {
         s64 clen = find_nul(cmdline, bound);
-        rule("boot_params.cmdline_nul", ok(clen >= 0), clen >= 0 ? "NUL at +%ld" : "no NUL within %lu bytes (cmdline_size+1)", clen >= 0 ? clen : (s64)bound);
+        rule("boot_params.cmdline_nul", ok(clen >= 0), clen >= 0 ? "NUL at +%ld" : "no NUL within %lu bytes", clen >= 0 ? clen : (s64)bound);
         if (clen >= 0)
             report_string("boot_params.cmdline", cmdline, clen);
         u64 span = clen >= 0 ? (u64)clen + 1 : bound;
@@ -947,9 +958,9 @@ static void check_acpi(void)
         emit("");
         rule("acpi.table_checksums", FAIL, "%d bad, last: %c%c%c%c", bad, (int)(bad_sig & 0xff), (int)((bad_sig >> 8) & 0xff), (int)((bad_sig >> 16) & 0xff), (int)(bad_sig >> 24));
     } else {
-        rule("acpi.table_checksums", PASS, "every table sums to 0");
+        rule("acpi.table_checksums", PASS, "all sum to 0");
     }
-    rule("acpi.tables_not_in_ram", have_map ? ok(!in_ram_tables) : UNVERIFIABLE, "%d tables overlap RAM in the %s (an OS may reuse RAM before parsing them)", in_ram_tables, map_name);
+    rule("acpi.tables_not_in_ram", have_map ? ok(!in_ram_tables) : UNVERIFIABLE, "%d tables overlap RAM in the %s", in_ram_tables, map_name);
     rule("acpi.fadt_present", ok(acpi.fadt != 0), "FACP");
     rule("acpi.madt_present", ok(acpi.madt != 0), "APIC");
 }
@@ -1019,7 +1030,7 @@ static void check_smp(void)
         off += elen;
     }
     emit("acpi.madt.cpus=%u\n", (u32)nmadt);
-    rule("acpi.madt_entries", ok(entries_ok), "entry lengths within the table");
+    rule("acpi.madt_entries", ok(entries_ok), "ok");
     rule("smp.bsp_in_madt", ok(bsp_listed), "bsp apic id %u", bsp);
 
     int naps = 0;
@@ -1083,7 +1094,7 @@ static void check_smp(void)
     }
     emit("smp.cpus_seen=%u\n", 1 + seen);
     rule("smp.aps_started", ok(seen == (u32)naps), "%u of %d APs reported", seen, naps);
-    rule("smp.apic_ids", ok(ids_ok), "each AP's CPUID APIC id equals its local APIC id and is in the MADT");
+    rule("smp.apic_ids", ok(ids_ok), "%u APs", seen);
 }
 
 /* ---------------------------------------------------------------- leaving */
@@ -1181,7 +1192,7 @@ void __attribute__((noreturn)) probe_main(struct entry_state *st)
     int zero = 1;
     for (int i = 0; i < 64; i++)
         zero &= bss_canary[i] == 0;
-    rule("load.bss_zeroed", ok(zero), "64 bytes at the end of .bss read as zero (ELF: memsz beyond filesz is zero)");
+    rule("load.bss_zeroed", ok(zero), zero ? "canary zero" : "canary not zero");
     u32 sig[4];
     cpuid(0x40000000, &sig[3], &sig[0], &sig[1], &sig[2]);
     put_s("cpu.hypervisor=");
