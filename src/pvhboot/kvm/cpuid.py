@@ -20,6 +20,11 @@ KVM_CPUID_SIGNATURE = 0x40000000
 KVM_CPUID_FEATURES = 0x40000001
 # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX (arch/x86/include/uapi/asm/kvm_para.h KVM_SIGNATURE)
 _KVM_SIG = b"KVMKVMKVM\0\0\0"
+# The paravirtual clock bits of KVM_CPUID_FEATURES EAX (asm/kvm_para.h: KVM_FEATURE_CLOCKSOURCE 0,
+# KVM_FEATURE_CLOCKSOURCE2 3, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT 24).  kvmclock is driven by MSRs,
+# not vmcall.  Without it a Linux guest under nested KVM cannot calibrate its TSC against the PIT
+# ("tsc: Unable to calibrate against PIT") and stalls (seen in the rig, tests/rig).
+KVM_PV_CLOCK_FEATURES = (1 << 0) | (1 << 3) | (1 << 24)
 
 
 def _bits_for(n: int) -> int:
@@ -31,8 +36,10 @@ def _copy(e: abi.kvm_cpuid_entry2) -> abi.kvm_cpuid_entry2:
     return abi.kvm_cpuid_entry2.from_buffer_copy(e)
 
 
-def build_vcpu_cpuid(supported: list[abi.kvm_cpuid_entry2], index: int, cpus: int) -> list[abi.kvm_cpuid_entry2]:
-    """The CPUID table for vCPU ``index`` of ``cpus`` (one socket, one thread per core, APIC id = index)."""
+def build_vcpu_cpuid(supported: list[abi.kvm_cpuid_entry2], index: int, cpus: int, *,
+                     pv_clock: bool = False) -> list[abi.kvm_cpuid_entry2]:
+    """The CPUID table for vCPU ``index`` of ``cpus`` (one socket, one thread per core, APIC id = index).
+    ``pv_clock`` keeps KVM's supported kvmclock bits (and no other PV feature)."""
     if not 0 <= index < cpus:
         raise ValueError(f"vCPU index {index} not in 0..{cpus - 1}")
     out: list[abi.kvm_cpuid_entry2] = []
@@ -65,7 +72,9 @@ def build_vcpu_cpuid(supported: list[abi.kvm_cpuid_entry2], index: int, cpus: in
             have_sig = True
             _set_signature(e)
         elif fn == KVM_CPUID_FEATURES:
-            e.eax = e.ebx = e.ecx = e.edx = 0  # no KVM PV features: vmcall never returns here
+            # no KVM PV feature that uses vmcall (it never returns on kvm_pvm); kvmclock on request
+            e.eax = e.eax & KVM_PV_CLOCK_FEATURES if pv_clock else 0
+            e.ebx = e.ecx = e.edx = 0
         out.append(e)
     if not have_sig:
         sig = abi.kvm_cpuid_entry2(function=KVM_CPUID_SIGNATURE)

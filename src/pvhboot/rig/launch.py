@@ -107,7 +107,7 @@ def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
             line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
             lines.append(line)
             for tag in ("RIG-STAGE", "RIG-READY", "RIG-BEGIN", "RIG-RESULT", "RIG-FAIL"):
-                if line.startswith(tag) and tag not in stages:
+                if tag in line and tag not in stages:
                     stages[tag] = time.monotonic() - start
             if echo:
                 echo(line)
@@ -125,13 +125,16 @@ def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
     wall = time.monotonic() - start
     console = "\n".join(lines)
     begin = next((i for i, ln in enumerate(lines) if ln.startswith("RIG-BEGIN")), None)
-    result = next((i for i, ln in enumerate(lines) if _RESULT.match(ln)), None)
+    # RIG-RESULT may follow output that did not end with a newline: search, do not match.
+    result = next((i for i, ln in enumerate(lines) if _RESULT.search(ln)), None)
     if begin is None or result is None:
         raise RigError(_diagnose(lines, timed_out, timeout, "RIG-READY" in stages,
                                  proc.returncode), console)
-    rc = int(_RESULT.match(lines[result]).group(1))
-    output = "\n".join(lines[begin + 1:result])
-    return RigResult(rc=rc, output=output + ("\n" if output else ""), wall_time=wall,
+    m = _RESULT.search(lines[result])
+    rc = int(m.group(1))
+    output = "\n".join(lines[begin + 1:result] + [lines[result][:m.start()]])
+    return RigResult(rc=rc, output=output.rstrip("\n") + "\n" if output.strip("\n") else "",
+                     wall_time=wall,
                      ready_time=stages.get("RIG-READY"), console=console, stages=stages)
 
 

@@ -69,9 +69,13 @@ def build_kvm_fpu() -> abi.kvm_fpu:
     return fpu
 
 
-def setup_vcpu_common(vcpu, supported_cpuid, cpus: int) -> None:
-    """What every vCPU gets before its first KVM_RUN: its CPUID table, the boot MSRs, a reset FPU."""
-    vcpu.set_cpuid2(build_vcpu_cpuid(supported_cpuid, vcpu.index, cpus))
+def setup_vcpu_common(vcpu, supported_cpuid, cpus: int, pv_clock: bool | None = None) -> None:
+    """What every vCPU gets before its first KVM_RUN: its CPUID table, the boot MSRs, a reset FPU.
+    kvmclock is offered except on kvm_pvm (a real Linux cannot run there anyway, platform.md)."""
+    if pv_clock is None:
+        from ..kvm import is_kvm_pvm
+        pv_clock = not is_kvm_pvm()
+    vcpu.set_cpuid2(build_vcpu_cpuid(supported_cpuid, vcpu.index, cpus, pv_clock=pv_clock))
     vcpu.set_msrs(build_boot_msrs())
     vcpu.set_fpu(build_kvm_fpu())
 
