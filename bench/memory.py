@@ -1,0 +1,106 @@
+"""Bench 5: VMM memory overhead = peak RSS of the pvhboot process (VmHWM) minus the guest memory it
+touched (the resident pages of the guest RAM mappings, from /proc/self/smaps, read after the run:
+guest pages are never given back during a run, so the end value is the peak).  For the probe with
+16 MiB and with 512 MiB of guest RAM.  The child runs :class:`pvhboot.vmm.MicroVM` (what ``pvhboot
+boot`` runs) with the console discarded.  For context: ``python3 -c pass`` and the QEMU microvm
+process (peak RSS, guest pages included) on the same probe.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from . import common
+from .common import median, row
+
+GOAL_MIB = 15.0
+SIZES = {"probe 16 MiB": 16 << 20, "probe 512 MiB": 512 << 20}
+
+
+def rss_of_ranges(smaps: str, ranges: list[tuple[int, int]]) -> int:
+    """Bytes resident (Rss) in the smaps entries that start inside any [start, end) of ``ranges``."""
+    total = 0
+    current = None
+    for line in smaps.splitlines():
+        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+        if m:
+            start = int(m.group(1), 16)
+            current = any(a <= start < b for a, b in ranges)
+            continue
+        if current and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def vm_hwm(status: str) -> int:
+    m = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(m.group(1)) * 1024 if m else 0
+
+
+def child(memory: int) -> None:
+    from pvhboot.vmm import MicroVM
+
+    with MicroVM(None, memory=memory, console=None) as vm:
+        r = vm.run()
+        ranges = [(reg.host_addr, reg.host_addr + reg.size) for reg in vm.mem.regions]
+        guest = rss_of_ranges(open("/proc/self/smaps").read(), ranges)
+        hwm = vm_hwm(open("/proc/self/status").read())
+    print(json.dumps({"reason": r.reason, "exit_code": r.exit_code, "vm_hwm": hwm, "guest_rss": guest}))
+
+
+def _run_child(memory: int) -> dict:
+    p = subprocess.run([sys.executable, "-m", "bench.memory", "--child", str(memory)], capture_output=True,
+                       text=True, timeout=300, cwd=str(common.REPO))
+    if p.returncode != 0:
+        raise RuntimeError(f"memory child failed: {p.stderr[-600:]}")
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    if d["reason"] != "debug_exit" or d["exit_code"] != 0:
+        raise RuntimeError(f"probe did not pass in the memory child: {d}")
+    return d
+
+
+def measure(repeats: int = 3) -> dict:
+    MiB = 1 << 20
+    res = {name: [_run_child(size) for _ in range(repeats)] for name, size in SIZES.items()}
+    rows = []
+    for name, runs in res.items():
+        over = median((r["vm_hwm"] - r["guest_rss"]) / MiB for r in runs)
+        rows.append(row("5" if name.endswith("16 MiB") else "5b", f"VMM memory overhead, {name}", "MiB",
+                        over, goal=GOAL_MIB,
+                        peak_mib=median(r["vm_hwm"] / MiB for r in runs),
+                        guest_touched_mib=median(r["guest_rss"] / MiB for r in runs)))
+    py = median(common.run_process([sys.executable, "-c", "pass"]).maxrss_kib / 1024 for _ in range(repeats))
+    rows.append(row("5p", "  python3 -c pass, peak RSS (this machine's site .pth files included)", "MiB", py))
+    py_s = median(common.run_process([sys.executable, "-S", "-c", "pass"]).maxrss_kib / 1024 for _ in range(repeats))
+    rows.append(row("5s", "  python3 -S -c pass, peak RSS (bare interpreter)", "MiB", py_s))
+    tmp = common.build_dir()
+    cpu, _ = common.find_qemu_cpu(common.probe_path(), tmp)
+    if cpu is not None:
+        q = median(common.run_process(common.qemu_microvm_argv(common.probe_path(), "512M", str(tmp / "q.out"),
+                                                               cpu)).maxrss_kib / 1024 for _ in range(repeats))
+        rows.append(row("5q", "  QEMU microvm probe 512 MiB, peak RSS (guest included)", "MiB", q))
+    shutil.rmtree(tmp, ignore_errors=True)
+    notes = ["; ".join(f"{r['metric'].split(', ')[-1]}: peak {r['peak_mib']:.1f} MiB, guest touched "
+                       f"{r['guest_touched_mib']:.1f} MiB" for r in rows if "peak_mib" in r)]
+    return {"rows": rows, "notes": notes, "details": {"runs": res, "repeats": repeats}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child(a.child)
+        return 0
+    common.emit("memory", **measure(a.repeats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
