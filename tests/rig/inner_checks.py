@@ -3,13 +3,14 @@ kvm_amd): boots the real Debian cloud kernel with pvhboot once per case and prin
 ``INNER-RESULT {json}`` per case for the host-side tests (tests/rig/test_real_linux.py).
 
 Usage: python3 inner_checks.py CASES.json  — a list of {"name", "argv", "input_after",
-"input", "timeout"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When "input_after" is
+"input", "pty", "timeout", "marks"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When "input_after" is
 seen on the guest's output, "input" is written to pvhboot's stdin (the 16550's receive side).
 """
 from __future__ import annotations
 
 import json
 import os
+import pty
 import selectors
 import subprocess
 import sys
@@ -21,8 +22,15 @@ def run_case(case: dict) -> dict:
     if argv[0] == "pvhboot":
         argv = [sys.executable, "-m", "pvhboot", *argv[1:]]
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    master = None
+    if case.get("pty"):
+        # A terminal on pvhboot's stdin, as when a person types into the console.
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(slave)
+    else:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
     sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
@@ -48,16 +56,12 @@ def run_case(case: dict) -> dict:
                     marks[m] = round(time.monotonic() - start, 2)
             trigger = case.get("input_after")
             if trigger and not sent and trigger.encode() in out["stdout"]:
-                time.sleep(0.2)  # let the guest reach its read()
-                proc.stdin.write(case["input"].encode())
-                proc.stdin.flush()
+                time.sleep(0.5)  # let the guest reach its read()
+                os.write(master, case["input"].encode())
                 sent = True
-    if not case.get("input_after"):
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
     rc = proc.wait()
+    if master is not None:
+        os.close(master)
     return {"name": case["name"], "rc": rc, "timed_out": timed_out,
             "wall": round(time.monotonic() - start, 2), "marks": marks,
             "stdout": out["stdout"].decode(errors="replace"),
@@ -69,7 +73,11 @@ def main() -> int:
     for case in cases:
         for step in case.get("before", []):
             subprocess.run(step, check=False)
-        result = run_case(case)
+        try:
+            result = run_case(case)
+        except Exception as e:  # report it as this case's result; the others still run
+            result = {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
+                      "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
         print("INNER-RESULT " + json.dumps(result), flush=True)
         print(f"INNER-DONE {case['name']} rc={result['rc']} wall={result['wall']}", flush=True)
     return 0

@@ -44,6 +44,7 @@ def render_init(cmd: list[str], *, workdir: str = "/root") -> str:
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 # Only emergencies from the kernel on the console from here on: the user's output stays clean.
@@ -253,7 +254,7 @@ def run(args) -> int:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
         vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
                      cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout)
+                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status
