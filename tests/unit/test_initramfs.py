@@ -211,10 +211,15 @@ def test_console_filter_hides_kernel_log_and_markers():
     f.write(b"[    0.1] Linux version 6.1\r\n[    1.0] Run /init\r\nPVHBOOT-BE")
     f.write(b"GIN\r\nhello ")
     assert out.getvalue() == b"hello "  # a partial line that cannot be a marker streams at once
-    f.write(b"world\nPVHBOOT-EX")
-    assert out.getvalue() == b"hello world\n"  # a possible marker is held back
+    f.write(b"world\r")
+    assert out.getvalue() == b"hello world"  # a CR that may start a CR LF is held back
+    f.write(b"\nPVHBOOT-EX")
+    assert out.getvalue() == b"hello world\n"  # CR LF -> LF; a possible marker is held back
+    f.write(b"IT-not-a-marker\r\nprogress\rdone\r\n")
+    assert out.getvalue() == b"hello world\nPVHBOOT-EXIT-not-a-marker\nprogress\rdone\n"
+    f.write(b"PVHBOOT-EX")
     f.write(b"IT=42\r\n[    2.0] reboot: Power down\r\n")
-    assert out.getvalue() == b"hello world\n"
+    assert out.getvalue() == b"hello world\nPVHBOOT-EXIT-not-a-marker\nprogress\rdone\n"
     assert f.exit_status == 42
     assert b"Run /init" in f.hidden
 

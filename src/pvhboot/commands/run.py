@@ -141,7 +141,8 @@ def find_kernel() -> Path:
 class ConsoleFilter:
     """Console sink for the VMM: hides everything before ``PVHBOOT-BEGIN`` (the kernel's log),
     passes the command's output through as it arrives, swallows the ``PVHBOOT-EXIT=`` line and
-    records the status.  Partial lines are passed on at once unless they could be a marker."""
+    records the status.  Partial lines are passed on at once unless they could be a marker.
+    The guest tty's CR LF line ends (ONLCR) become LF, so piped output is plain text."""
 
     def __init__(self, out: io.RawIOBase | io.BufferedIOBase) -> None:
         self.out = out
@@ -150,30 +151,40 @@ class ConsoleFilter:
         self.hidden = bytearray()  # the kernel log before the command, for failure reports
         self._line = bytearray()  # the current line when it may still turn out to be a marker
         self._mid_line = False  # bytes of the current line were already passed on
+        self._cr = False  # a CR held back: it may be the first half of a CR LF
 
     def write(self, data: bytes) -> int:
-        for chunk in data.splitlines(keepends=True):
-            self._feed(chunk)
+        for chunk in re.split(rb"(?<=\n)", bytes(data)):
+            if chunk:
+                self._feed(chunk)
         self.out.flush()
         return len(data)
 
     def flush(self) -> None:
         self.out.flush()
 
+    def _emit(self, b: bytes) -> None:
+        if self._cr:
+            b = b"\r" + b
+            self._cr = False
+        b = b.replace(b"\r\n", b"\n")
+        if b.endswith(b"\r"):
+            b, self._cr = b[:-1], True
+        self.out.write(b)
+
     def _feed(self, chunk: bytes) -> None:
         if self.exit_status is not None:
             return  # after the exit marker only poweroff noise follows
         if self._mid_line and self.started:
-            self.out.write(chunk)
+            self._emit(chunk)
             self._mid_line = not chunk.endswith(b"\n")
             return
         self._line += chunk
         if not self._line.endswith(b"\n"):
-            text = bytes(self._line)
-            if self.started and not (BEGIN_MARKER.startswith(text.lstrip(b"\r"))
-                                     or EXIT_MARKER.startswith(text.lstrip(b"\r"))
-                                     or text.lstrip(b"\r").startswith(EXIT_MARKER)):
-                self.out.write(text)
+            text = bytes(self._line).lstrip(b"\r")
+            if self.started and not (BEGIN_MARKER.startswith(text) or EXIT_MARKER.startswith(text)
+                                     or text.startswith(EXIT_MARKER)):
+                self._emit(bytes(self._line))
                 self._line.clear()
                 self._mid_line = True
             return
@@ -189,8 +200,9 @@ class ConsoleFilter:
         m = _EXIT_LINE.fullmatch(stripped)
         if m:
             self.exit_status = int(m.group(1))
+            self._cr = False
             return
-        self.out.write(line)
+        self._emit(line)
 
 
 def add_parser(subparsers):
