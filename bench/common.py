@@ -74,29 +74,49 @@ class ProcessRun:
     returncode: int
     wall_s: float  # fork to reaped, perf_counter
     cpu_s: float  # user + system of the child (guest time included on kvm_pvm)
-    maxrss_kib: int  # peak RSS of the child (ru_maxrss)
+    peak_rss_kib: int  # the child's VmHWM, last read from /proc/PID/status before it exited
     stdout: bytes
     stderr: bytes
 
 
+def _vm_hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def run_process(argv: list[str], *, stdout_path: str | None = None, timeout: float = 600,
                 env: dict | None = None, cwd: str | None = None) -> ProcessRun:
-    """Run ``argv`` and measure it with wait4: wall time, CPU time and peak RSS of that child only.
+    """Run ``argv`` and measure it: wall time, CPU time (wait4's rusage of that child only) and peak
+    RSS.  The peak is VmHWM polled from /proc while the child runs, not wait4's ru_maxrss: that one
+    also counts the parent's memory the child had between fork and exec.
     ``stdout_path``: send stdout to this file instead of capturing it."""
+    import threading
+
     out_f = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
     err_f = tempfile.TemporaryFile()
+    chunks: list[bytes] = []
     try:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, env=env, cwd=cwd)
-        data = b""
-        if out_f is subprocess.PIPE:
-            # read while it runs (a full pipe would stall the child), then reap with wait4
-            data = p.stdout.read()
+        reader = None
+        if out_f is subprocess.PIPE:  # drain while it runs (a full pipe would stall the child)
+            reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()), daemon=True)
+            reader.start()
         deadline = time.monotonic() + timeout
+        hwm = 0
         while True:
+            h = _vm_hwm_kib(p.pid)
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
+            if h is not None:
+                hwm = h  # the latest value is the exec'd program's own (VmHWM only grows)
             if time.monotonic() > deadline:
                 p.kill()
                 pid, status, ru = os.wait4(p.pid, 0)
@@ -104,8 +124,10 @@ def run_process(argv: list[str], *, stdout_path: str | None = None, timeout: flo
             time.sleep(0.0005)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
+        if reader is not None:
+            reader.join(10)
         err_f.seek(0)
-        return ProcessRun(p.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, data, err_f.read())
+        return ProcessRun(p.returncode, wall, ru.ru_utime + ru.ru_stime, hwm, b"".join(chunks), err_f.read())
     finally:
         if stdout_path:
             out_f.close()

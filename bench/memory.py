@@ -74,15 +74,15 @@ def measure(repeats: int = 3) -> dict:
                         over, goal=GOAL_MIB,
                         peak_mib=median(r["vm_hwm"] / MiB for r in runs),
                         guest_touched_mib=median(r["guest_rss"] / MiB for r in runs)))
-    py = median(common.run_process([sys.executable, "-c", "pass"]).maxrss_kib / 1024 for _ in range(repeats))
+    py = median(common.run_process([sys.executable, "-c", "pass"]).peak_rss_kib / 1024 for _ in range(repeats))
     rows.append(row("5p", "  python3 -c pass, peak RSS (this machine's site .pth files included)", "MiB", py))
-    py_s = median(common.run_process([sys.executable, "-S", "-c", "pass"]).maxrss_kib / 1024 for _ in range(repeats))
+    py_s = median(common.run_process([sys.executable, "-S", "-c", "pass"]).peak_rss_kib / 1024 for _ in range(repeats))
     rows.append(row("5s", "  python3 -S -c pass, peak RSS (bare interpreter)", "MiB", py_s))
     tmp = common.build_dir()
     cpu, _ = common.find_qemu_cpu(common.probe_path(), tmp)
     if cpu is not None:
         q = median(common.run_process(common.qemu_microvm_argv(common.probe_path(), "512M", str(tmp / "q.out"),
-                                                               cpu)).maxrss_kib / 1024 for _ in range(repeats))
+                                                               cpu)).peak_rss_kib / 1024 for _ in range(repeats))
         rows.append(row("5q", "  QEMU microvm probe 512 MiB, peak RSS (guest included)", "MiB", q))
     shutil.rmtree(tmp, ignore_errors=True)
     notes = ["; ".join(f"{r['metric'].split(', ')[-1]}: peak {r['peak_mib']:.1f} MiB, guest touched "

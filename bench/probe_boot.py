@@ -30,7 +30,7 @@ def measure(repeats: int = 5) -> dict:
         pvh_line = next((ln for ln in reversed(text.splitlines()) if ln.startswith("PROBE")), "")
         if r.returncode != 0 or not pvh_line:
             raise RuntimeError(f"pvhboot boot failed ({r.returncode}): {r.stderr.decode()[-500:]}")
-        runs["pvhboot"].append((r.wall_s, r.cpu_s, r.maxrss_kib))
+        runs["pvhboot"].append((r.wall_s, r.cpu_s, r.peak_rss_kib))
         runs["guest"].append(json.loads(ev.read_text())["wall_time_s"])
         if cpu is not None:
             r = common.run_process(common.qemu_microvm_argv(probe, "512M", str(q_out), cpu))
@@ -38,9 +38,9 @@ def measure(repeats: int = 5) -> dict:
             qemu_line = next((ln for ln in reversed(text.splitlines()) if ln.startswith("PROBE")), "")
             if not qemu_line:
                 raise RuntimeError(f"QEMU did not run the probe ({r.returncode}): {r.stderr.decode()[-500:]}")
-            runs["qemu"].append((r.wall_s, r.cpu_s, r.maxrss_kib))
+            runs["qemu"].append((r.wall_s, r.cpu_s, r.peak_rss_kib))
         r = common.run_process(common.python_argv() + ["-c", "pass"])
-        runs["python"].append((r.wall_s, r.cpu_s, r.maxrss_kib))
+        runs["python"].append((r.wall_s, r.cpu_s, r.peak_rss_kib))
     shutil.rmtree(tmp, ignore_errors=True)
     med = {k: tuple(median(x[i] for x in v) for i in range(3)) for k, v in runs.items() if v and k != "guest"}
     guest = median(runs["guest"])
