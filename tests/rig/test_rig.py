@@ -30,11 +30,10 @@ def test_rig_passes_files_and_argv():
 
 
 def test_rig_out_of_memory_is_reported():
-    # The rig archive (~120 MB) does not fit in 96 MiB (QEMU refuses the initrd) nor can it be
-    # unpacked next to itself in 200 MiB (the kernel panics "System is deadlocked on memory").
-    for memory in ("96M", "200M"):
-        with pytest.raises(RigError, match="rig ran out of memory"):
-            run_in_rig("true", timeout=120, memory=memory)
+    # The rig archive (~120 MB) does not fit in 96 MiB: QEMU refuses the initrd.  (In 160-200 MiB
+    # the kernel either panics "System is deadlocked on memory" or stalls: not a stable test.)
+    with pytest.raises(RigError, match="rig ran out of memory"):
+        run_in_rig("true", timeout=120, memory="96M")
 
 
 def test_rig_timeout_says_where_with_last_lines():

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rig: {e}", file=sys.stderr)
         return 3
     sys.stdout.write(res.output)
+    sys.stdout.flush()
     ready = f"{res.ready_time:.1f}" if res.ready_time is not None else "?"
     print(f"rig: rc={res.rc} wall={res.wall_time:.1f}s ready(kvm_amd)={ready}s", file=sys.stderr)
     return res.rc

@@ -22,7 +22,8 @@ from pathlib import Path
 from .build import CACHE_DIR, build_rig, outer_kernel, write_command_archive
 
 QEMU = "qemu-system-x86_64"
-OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet mitigations=off"
+# loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
@@ -59,7 +60,9 @@ def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool,
     if panic:
         return f"outer kernel panicked: {panic.strip()}\n{tail}"
     if timed_out and not lines:
-        return f"rig timed out after {timeout:.0f} s and QEMU printed nothing (a loaded machine?)"
+        return (f"rig timed out after {timeout:.0f} s and QEMU printed nothing: the kernel may be "
+                "stuck unpacking the initramfs (out of memory? the rig archive needs about twice "
+                "its size in RAM) or the machine is overloaded")
     if timed_out:
         where = "while running the command" if ready else "before kvm_amd was ready"
         return f"rig timed out after {timeout:.0f} s {where}; last console lines:\n{tail}"
