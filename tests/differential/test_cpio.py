@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from pvhboot.initramfs import CpioWriter
-from tests.conftest import require_tool
+from support import require_tool
 
 
 @pytest.fixture()
