@@ -229,3 +229,28 @@ def test_console_filter_without_marker():
     f = run_cmd.ConsoleFilter(out)
     f.write(b"Kernel panic - not syncing: no init found\n")
     assert out.getvalue() == b"" and f.exit_status is None and b"Kernel panic" in f.hidden
+
+
+def test_run_cli_user_errors(capsys, tmp_path):
+    from pvhboot.cli import main
+
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no command given" in err
+    assert main(["run", "--cpus", "0", "--", "true"]) == 2
+    assert "--cpus must be at least 1, not 0" in capsys.readouterr().err
+    assert main(["run", "--file", str(tmp_path / "nope"), "--initramfs-out",
+                 str(tmp_path / "x.cpio"), "--", "true"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "x.cpio").exists()  # no half-written output
+
+
+def test_run_cli_writes_initramfs(tmp_path):
+    from pvhboot.cli import main
+
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("busybox-static is not installed")
+    out = tmp_path / "i.cpio"
+    assert main(["run", "--initramfs-out", str(out), "--", "echo", "hi there"]) == 0
+    members = {m["name"]: m for m in parse_newc(out.read_bytes())}
+    assert b"echo 'hi there'" in members["init"]["data"]

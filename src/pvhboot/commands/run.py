@@ -258,6 +258,11 @@ def run(args) -> int:
     except ImportError as e:  # the VMM is a separate layer; say so rather than a traceback
         raise ConfigError(f"the microVM runtime is not available: {e}") from None
 
+    from ..kvm import is_kvm_pvm
+    if is_kvm_pvm():
+        print("pvhboot run: note: /dev/kvm here is kvm_pvm, where an unmodified Linux does not boot "
+              "(platform.md); use a hardware KVM or the nested rig (python3 -m pvhboot.rig)",
+              file=sys.stderr)
     cmdline = f"{BASE_CMDLINE} {args.append}".strip()
     console = ConsoleFilter(sys.stdout.buffer)
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
