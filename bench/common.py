@@ -243,15 +243,22 @@ def qemu_microvm_argv(kernel: str, memory: str, serial_path: str, cpu: str | Non
                    "-device", "isa-debug-exit,iobase=0xf4,iosize=4", *extra]
 
 
-def find_qemu_cpu(kernel: str, tmp: Path) -> tuple[str | None, dict[str, str]]:
+def find_qemu_cpu(kernel: str, tmp: Path, survey: bool = False) -> tuple[str | None, dict[str, str]]:
     """The first -cpu candidate under which QEMU runs ``kernel`` to its debug exit (QEMU's status is
-    (value << 1) | 1).  Returns (cpu or None, {candidate: why it failed})."""
-    failed = {}
+    (value << 1) | 1).  Returns (cpu or None, {candidate: why it failed}); with ``survey`` every
+    candidate is tried and the dict says "works" or why not for each."""
+    failed: dict[str, str] = {}
+    found = None
     for cpu in QEMU_CPU_CANDIDATES:
         out = tmp / "qemu-cpu-probe.out"
         r = run_process(qemu_microvm_argv(kernel, "512M", str(out), cpu), timeout=120)
         if r.returncode != 0 and r.returncode % 2 == 1 and out.exists() and out.stat().st_size:
-            return cpu, failed
+            found = found or cpu
+            if survey:
+                failed[cpu] = "works"
+                continue
+            return found, failed
         err = r.stderr.decode(errors="replace").strip().splitlines()
         failed[cpu] = f"exit {r.returncode}: " + next((ln for ln in err if "warning" not in ln), "no output")
-    return None, failed
+    return found, failed
+

@@ -19,7 +19,7 @@ GOAL = 0.5
 def measure(repeats: int = 5) -> dict:
     tmp = common.build_dir()
     probe = common.probe_path()
-    cpu, cpu_failed = common.find_qemu_cpu(probe, tmp)
+    cpu, cpu_failed = common.find_qemu_cpu(probe, tmp, survey=True)
     pv_out, q_out, ev = tmp / "pvh.out", tmp / "qemu.out", tmp / "events.json"
     runs = {"pvhboot": [], "qemu": [], "python": [], "guest": []}
     pvh_line = qemu_line = ""
@@ -51,7 +51,8 @@ def measure(repeats: int = 5) -> dict:
         row("2p", "python3 -c pass (interpreter start-up)", "s", med["python"][0], q[0], "QEMU microvm"),
         row("2g", "probe guest run inside pvhboot (first KVM_RUN to exit)", "s", guest, q[0], "QEMU microvm"),
     ]
-    notes = [f"QEMU -cpu {cpu}" + (f" (refused here: {cpu_failed})" if cpu_failed else ""),
+    notes = [f"QEMU -cpu {cpu}; -cpu candidates on this /dev/kvm: "
+             + "; ".join(f"{k}: {v}" for k, v in cpu_failed.items()),
              f"pvhboot probe: {pvh_line}", f"QEMU probe: {qemu_line}"]
     details = {"repeats": repeats, "runs": runs, "qemu_cpu": cpu, "qemu_cpu_refused": cpu_failed,
                "pvhboot_probe": pvh_line, "qemu_probe": qemu_line}

@@ -145,7 +145,9 @@ def plot(results: list[dict], path) -> str | None:
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_yticks(list(ys), [lab for lab, _, _ in items], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    ax.set_xlim(0, max(1.2, max(sc for _, sc, _ in items) * 1.1))
+    for y, (_, sc, _) in zip(ys, items):
+        ax.text(sc, y, f" {sc:.2f}", va="center", fontsize=8)
     ax.set_xlabel("distance from goal (measured / goal; 'at least' goals inverted): <= 1 is met")
     ax.set_title("pvhboot bench: ratios against goals")
     fig.tight_layout()
