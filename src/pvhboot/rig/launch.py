@@ -27,6 +27,21 @@ OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
+def _host_tsc_khz() -> int | None:
+    """The host's TSC rate, which is what the TCG guest's RDTSC counts at (QEMU reads the host's
+    TSC).  Handing it to the outer kernel (tsc_early_khz=) spares it the PIT calibration, which
+    under TCG on a loaded host sometimes fails ("tsc: Unable to calibrate against PIT") and then
+    leaves calibrate_delay() waiting for jiffies for ever (seen in this rig)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class RigError(RuntimeError):
     """The rig did not come up or did not finish; the message says why, with console lines."""
 
@@ -91,8 +106,10 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
         shutil.copyfile(rig, initrd)
         with open(initrd, "ab") as f:
             write_command_archive(f, "#!/bin/sh\n" + script + "\n", files)
+        khz = _host_tsc_khz()
+        cmdline = OUTER_CMDLINE + (f" tsc_early_khz={khz}" if khz else "")
         argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", "1",
-                "-kernel", str(kernel), "-initrd", str(initrd), "-append", OUTER_CMDLINE,
+                "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
                 "-nographic", "-no-reboot", "-monitor", "none"]
         return _run_qemu(argv, timeout, echo)
 
