@@ -121,3 +121,22 @@ def test_crash_report_text():
     assert "line 59" in text and "line 19" not in text and "line 20" in text  # last 40 lines
     assert "kvm_pvm" in text and "unmodified Linux kernel cannot run" in text
     assert "CR0=0x1 " in text and "EBX" not in text and "RBX=0x0000000000006000" in text
+
+
+def test_crash_report_explains_reset_state_and_quotes_the_panic():
+    """AMD SVM resets the vCPU on a shutdown intercept: the report must say the RIP is not the fault,
+    and quote the guest's own last words."""
+    import ctypes
+
+    regs, sregs = abi.kvm_regs(), abi.kvm_sregs()
+    regs.rip, sregs.cs.base, sregs.cs.selector = 0xFFF0, 0xFFFF0000, 0xF000
+    snap = VcpuSnapshot(0, regs, sregs, code=None)
+    console = ["[    1.0] Run /nonexistent as init process",
+               "[    1.1] Kernel panic - not syncing: No working init found.", "[    1.2] ---[ end ]---"]
+    text = format_crash_report(CrashInfo("triple fault", 0, "KVM_EXIT_SHUTDOWN", snapshots=[snap]), console)
+    assert "this is the reset state" in text
+    assert "guest said: [    1.1] Kernel panic - not syncing: No working init found." in text
+    regs.rip = 0xFFF1  # one byte off the reset vector: no such note
+    text = format_crash_report(CrashInfo("triple fault", 0, "x", snapshots=[snap]), ["quiet"])
+    assert "reset state" not in text and "guest said" not in text
+    assert ctypes.sizeof(regs) == 144

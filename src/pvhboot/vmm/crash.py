@@ -21,6 +21,13 @@ KVM_PVM_NOTE = ("note: /dev/kvm here is kvm_pvm, a software hypervisor that runs
                 "through KVM's instruction emulator; an unmodified Linux kernel cannot run on it "
                 "(it stops on instructions such as xsave, cmpxchg16b or int3). Use hardware KVM "
                 "or the nested rig for real kernels.")
+# What a vCPU looks like right after INIT/RESET (SDM Vol. 3A 9.1.4): CS base 0xffff0000, RIP 0xfff0.
+RESET_CS_BASE, RESET_RIP = 0xFFFF0000, 0xFFF0
+RESET_STATE_NOTE = ("  (this is the reset state: on AMD SVM KVM re-initialises the vCPU after a shutdown "
+                    "intercept, so the faulting instruction is lost; on Intel VMX it is kept. "
+                    "See the console lines below for what the guest said last.)")
+# Console lines that say why a Linux guest died, quoted at the top of the report.
+_GUEST_DEATH_MARKERS = ("Kernel panic", "BUG:", "Oops", "general protection fault", "double fault")
 _GPR_ORDER = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
@@ -147,6 +154,8 @@ def format_snapshot(snap: VcpuSnapshot, symbols=None, phys_to_virt: int = 0) -> 
     r, s = snap.regs, snap.sregs
     sym = symbolize(symbols, r.rip, phys_to_virt)
     lines.append(f"  RIP={r.rip:#018x}{f' <{sym}>' if sym else ''} RFLAGS={r.rflags:#010x}")
+    if r.rip == RESET_RIP and s.cs.base == RESET_CS_BASE:
+        lines.append(RESET_STATE_NOTE)
     for i in range(0, len(_GPR_ORDER), 4):
         lines.append("  " + " ".join(f"{n.upper():>3}={getattr(r, n):#018x}" for n in _GPR_ORDER[i:i + 4]))
     for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
@@ -170,6 +179,9 @@ def format_crash_report(info: CrashInfo, console_lines: list[str] | None = None,
                                                                          if info.detail else "")]
     if info.detail and len(info.detail.splitlines()) > 1:
         out += info.detail.splitlines()[1:]
+    said = [line for line in (console_lines or []) if any(m in line for m in _GUEST_DEATH_MARKERS)]
+    if said:
+        out.append(f"guest said: {said[0].strip()}")
     if info.internal is not None:
         ie = info.internal
         out.append(f"KVM internal error: {ie.suberror_name}, data: "
