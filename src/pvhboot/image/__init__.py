@@ -16,20 +16,30 @@ from .elf import ELF_MAGIC, parse_elf, physical_entry
 from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, XenNote
 
 __all__ = [
-    "load_kernel", "describe_kernel", "map_file", "entries_of", "parse_elf", "parse_bzimage", "STARTUP_64_OFFSET",
+    "load_kernel", "describe_kernel", "map_file", "file_identity", "entries_of", "parse_elf", "parse_bzimage", "STARTUP_64_OFFSET",
     "KernelImage", "ElfImage", "BzImage", "Entries", "LoadSegment", "XenNote",
 ]
 
 
 def map_file(path: str | os.PathLike) -> mmap.mmap:
     """Map a file read-only.  ImageError naming the file when it cannot be (missing, empty, a directory)."""
+    return _map_file(path)[0]
+
+
+def _map_file(path) -> tuple[mmap.mmap, tuple[int, int, int, int]]:
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+            st = os.fstat(f.fileno())
+            if st.st_size == 0:
                 raise ImageError(f"{os.fspath(path)}: file is empty, not a kernel")
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), file_identity(st)
     except OSError as e:
         raise ImageError(f"cannot read kernel {os.fspath(path)}: {e.strerror or e}") from None
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime_ns): what tells whether a path still names the file that was read."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _note_value(elf: ElfImage | None, note_type: int) -> int | None:
@@ -59,7 +69,13 @@ def entries_of(elf: ElfImage | None, bz: BzImage | None) -> Entries:
 
 def load_kernel(path: str | os.PathLike, *, decompress: bool = True) -> KernelImage:
     """Describe the kernel at ``path`` (ELF vmlinux or bzImage).  ImageError naming the file otherwise."""
-    return describe_kernel(map_file(path), os.fspath(path), decompress=decompress)
+    data, ident = _map_file(path)
+    image = describe_kernel(data, os.fspath(path), decompress=decompress)
+    if image.format == "elf":
+        # extra["file_id"]: lets the loader map the segments from the file itself instead of copying
+        # them (GuestMemory.load_file), once it has checked the path still names this very file.
+        image.extra["file_id"] = ident
+    return image
 
 
 def describe_kernel(data, name: str = "<kernel>", *, decompress: bool = True) -> KernelImage:

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 from dataclasses import dataclass
 
 from ..errors import LayoutError
+
+# mmap(2) flags and protections (asm-generic/mman-common.h, mman.h) for the file mappings of
+# :meth:`GuestMemory.load_file`, which Python's mmap module cannot place at a fixed address.
+_PROT_READ, _PROT_WRITE = 0x1, 0x2
+_MAP_PRIVATE, _MAP_FIXED = 0x02, 0x10
+_libc_mmap = None
 
 # madvise(MADV_HUGEPAGE): ask for transparent huge pages on the guest RAM, as Firecracker and QEMU do;
 # it is advice only, so a kernel without THP simply ignores it.
@@ -100,6 +107,44 @@ class GuestMemory:
         r, off = self._locate(gpa, length)
         return memoryview(r.mapping)[off : off + length]
 
+    def load_file(self, gpa: int, fd: int, offset: int, length: int) -> int:
+        """Place ``length`` bytes of the file ``fd`` from ``offset`` at ``gpa``, like a copy, without
+        copying the pages that can be mapped instead.  Returns the number of bytes mapped (0: copied).
+
+        Whole pages of the range are mapped MAP_PRIVATE|MAP_FIXED over the RAM region when ``gpa``
+        and ``offset`` are congruent modulo the page size (a vmlinux's PT_LOAD segments are: the
+        gABI asks p_vaddr = p_offset mod p_align): the guest reads them from the page cache and a
+        guest write copies the page (copy-on-write), never touching the file.  The partial first
+        and last pages are copied (read), so the rest of those pages keeps its contents: the
+        zero bss after a segment's last file byte stays zero.  Otherwise everything is copied.
+        A later change to the file by another process may show through pages the guest has not
+        written (MAP_PRIVATE semantics); the builder maps a kernel only right after describing it.
+        """
+        r, off = self._locate(gpa, length)
+        page = mmap.PAGESIZE
+        head = (-gpa) % page  # bytes before the first page boundary inside the range
+        mapped = 0
+        # Pages past the end of the file would raise SIGBUS when touched: map only a file that is long enough.
+        if (gpa - offset) % page == 0 and length - head >= page and os.fstat(fd).st_size >= offset + length:
+            mapped = (length - head) // page * page
+            if not _map_fixed(r.host_addr + off + head, mapped, fd, offset + head):
+                mapped = 0
+        copies = [(0, head), (head + mapped, length - head - mapped)] if mapped else [(0, length)]
+        for start, n in copies:
+            if n > 0:
+                view = memoryview(r.mapping)[off + start: off + start + n]
+                try:
+                    got = 0
+                    while got < n:
+                        k = os.preadv(fd, [view[got:]], offset + start + got)
+                        if k <= 0:
+                            raise LayoutError(f"file ends before byte {offset + start + got:#x} "
+                                              f"(loading {length:#x} bytes from {offset:#x})")
+                        got += k
+                finally:
+                    view.release()
+        return mapped
+
     def write_struct(self, gpa: int, struct: ctypes.Structure) -> None:
         self.write(gpa, bytes(struct))
 
@@ -109,3 +154,25 @@ class GuestMemory:
         if end < 0:
             raise LayoutError(f"no NUL within {limit} bytes of {gpa:#x}")
         return r.mapping[off:end]
+
+
+def _map_fixed(addr: int, length: int, fd: int, offset: int) -> bool:
+    """mmap(addr, length, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_FIXED, fd, offset) over our own
+    anonymous mapping (replacing its pages), through libc since Python's mmap takes no address.
+    False when the kernel refuses (e.g. a file system without mmap): the range is then anonymous
+    (zero) memory again and the caller copies."""
+    global _libc_mmap
+    if _libc_mmap is None:
+        fn = ctypes.CDLL(None, use_errno=True).mmap
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        _libc_mmap = fn
+    prot = _PROT_READ | _PROT_WRITE
+    if _libc_mmap(addr, length, prot, _MAP_PRIVATE | _MAP_FIXED, fd, offset) == addr:
+        return True
+    # A failed MAP_FIXED may already have unmapped the old pages (mmap(2)): put anonymous memory back.
+    err = ctypes.get_errno()
+    if _libc_mmap(addr, length, prot, _MAP_PRIVATE | _MAP_FIXED | mmap.MAP_ANONYMOUS, -1, 0) != addr:
+        raise LayoutError(f"guest RAM at host {addr:#x}+{length:#x} lost after a failed file mapping "
+                          f"({os.strerror(err)})")
+    return False
