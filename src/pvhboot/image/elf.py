@@ -14,9 +14,14 @@ import io
 import mmap
 import struct
 
+# pyelftools' structure definitions and note iterator, not elftools.elf.elffile: ELFFile imports the
+# DWARF, EHABI, dynamic-section and relocation readers at module level (~9 ms of the builder's start-up,
+# bench 3) and pvhboot reads only the headers and the notes here.  image/symbols.py uses ELFFile.
 from elftools.common.exceptions import ELFError
+from elftools.common.utils import parse_cstring_from_stream, struct_parse
 from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
+from elftools.elf.notes import iter_notes
+from elftools.elf.structs import ELFStructs
 
 from ..abi.xen_notes import XEN_NOTE_OWNER, decode_xen_note, xen_note_name
 from ..errors import ImageError
@@ -92,8 +97,58 @@ def parse_elf(data: bytes | bytearray | memoryview | mmap.mmap) -> ElfImage:
         raise ImageError(f"malformed ELF: {type(e).__name__}: {e}") from None
 
 
+# gABI: SHN_XINDEX in e_shstrndx means the index is in section 0's sh_link.
+_SHN_XINDEX = 0xFFFF
+
+
+class _ElfHeaders:
+    """What pvhboot reads of an ELF file, with pyelftools' structures (the subset of its ``ELFFile``
+    that :func:`elftools.elf.notes.iter_notes` needs: ``stream``, ``structs``, ``elfclass``,
+    ``little_endian``, ``header``), and the same checks ELFFile makes on e_ident and entry sizes."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        stream.seek(0)
+        ident = stream.read(6)
+        if ident[:4] != ELF_MAGIC:
+            raise ELFError("Magic number does not match")
+        self.elfclass = {1: 32, 2: 64}.get(ident[4])
+        if self.elfclass is None:
+            raise ELFError(f"Invalid EI_CLASS {ident[4:5]!r}")
+        # gABI e_ident[EI_DATA]: ELFDATA2LSB 1, ELFDATA2MSB 2.
+        if ident[5] not in (1, 2):
+            raise ELFError(f"Invalid EI_DATA {ident[5:6]!r}")
+        self.little_endian = ident[5] == 1
+        self.structs = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+        self.structs.create_basic_structs()
+        self.header = struct_parse(self.structs.Elf_Ehdr, stream, stream_pos=0)
+        self.structs.create_advanced_structs(self.header["e_type"], self.header["e_machine"],
+                                             self.header["e_ident"]["EI_OSABI"])
+
+    def segment_header(self, n: int):
+        return struct_parse(self.structs.Elf_Phdr, self.stream,
+                            stream_pos=self.header["e_phoff"] + n * self.header["e_phentsize"])
+
+    def section_header(self, n: int):
+        shentsize = self.header["e_shentsize"]
+        if shentsize < self.structs.Elf_Shdr.sizeof():
+            raise ELFError(f"Too small e_shentsize: {shentsize}")
+        return struct_parse(self.structs.Elf_Shdr, self.stream, stream_pos=self.header["e_shoff"] + n * shentsize)
+
+    def iter_section_headers(self):
+        """(name, header) for each of the e_shnum sections (names from the section name string table)."""
+        shstrndx = self.header["e_shstrndx"]
+        if shstrndx == _SHN_XINDEX:
+            shstrndx = self.section_header(0)["sh_link"]
+        strtab = self.section_header(shstrndx)["sh_offset"]
+        for i in range(self.header["e_shnum"]):
+            sh = self.section_header(i)
+            raw = parse_cstring_from_stream(self.stream, strtab + sh["sh_name"])
+            yield (raw.decode("utf-8", errors="replace") if raw else ""), sh
+
+
 def _parse(data, size: int) -> ElfImage:
-    elf = ELFFile(_stream(data))
+    elf = _ElfHeaders(_stream(data))
     hdr = elf.header
     phoff, phnum, phentsize = hdr["e_phoff"], hdr["e_phnum"], hdr["e_phentsize"]
     if phnum and (phentsize < elf.structs.Elf_Phdr.sizeof() or phoff + phnum * phentsize > size):
@@ -104,7 +159,7 @@ def _parse(data, size: int) -> ElfImage:
     xen_notes: list[XenNote] = []
     build_id: str | None = None
     for i in range(phnum):
-        ph = elf.get_segment(i)
+        ph = elf.segment_header(i)
         ptype = ph["p_type"]
         if ptype == "PT_LOAD":
             seg = LoadSegment(paddr=ph["p_paddr"], vaddr=ph["p_vaddr"], offset=ph["p_offset"],
@@ -119,7 +174,7 @@ def _parse(data, size: int) -> ElfImage:
             off, filesz = ph["p_offset"], ph["p_filesz"]
             if off + filesz > size:
                 raise ImageError(f"PT_NOTE segment {i} (file bytes {off:#x}+{filesz:#x}) runs past the end of the file ({size:#x})")
-            for note in ph.iter_notes():
+            for note in iter_notes(elf, off, filesz):
                 # Raw type and descriptor straight from the file: pyelftools maps note types to
                 # GNU names whatever the owner, and decodes some descriptors.
                 n_off = note["n_offset"]
@@ -139,10 +194,10 @@ def _parse(data, size: int) -> ElfImage:
     symbols_available = False
     rodata = None
     if hdr["e_shoff"] and hdr["e_shnum"] and hdr["e_shoff"] + hdr["e_shnum"] * hdr["e_shentsize"] <= size:
-        for sec in elf.iter_sections():
-            if sec.name == ".symtab" and sec["sh_size"]:
+        for name, sec in elf.iter_section_headers():
+            if name == ".symtab" and sec["sh_size"]:
                 symbols_available = True
-            elif sec.name == ".rodata" and sec["sh_type"] == "SHT_PROGBITS":
+            elif name == ".rodata" and sec["sh_type"] == "SHT_PROGBITS":
                 rodata = (sec["sh_offset"], sec["sh_offset"] + sec["sh_size"])
 
     return ElfImage(
