@@ -68,6 +68,8 @@ CASES = [
           input_after="READY-FOR-INPUT", input=INPUT_LINE + "\n", pty=True),
     _boot("linux64", "/tmp/vmlinux", "linux64", 1, BASE_CMDLINE),
     _boot("linux64-bzimage", "/rig/guest/vmlinuz", "linux64", 1, BASE_CMDLINE),
+    # The 32-bit boot protocol entry of the bzImage (code32_start, decompressor in protected mode).
+    _boot("linux32-bzimage", "/rig/guest/vmlinuz", "linux32", 1, BASE_CMDLINE),
     # A missing init panics; panic=-1 reboot=t turns that into a triple fault -> crash report.
     _boot("panic-reboot", "/tmp/vmlinux", "pvh", 1, BASE_CMDLINE + " rdinit=/nonexistent",
           initrd="/rig/guest/hello.cpio"),
@@ -125,7 +127,7 @@ def _value(r, key) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize("name", ["pvh", "linux64", "linux64-bzimage"])
+@pytest.mark.parametrize("name", ["pvh", "linux64", "linux64-bzimage", "linux32-bzimage"])
 def test_boots_to_init_and_powers_off(inner, name):
     r = _case(inner, name)
     assert "GUEST-MARKER-UP" in r["stdout"], _describe(r)
