@@ -13,8 +13,6 @@ fail or unverifiable, and what the probe saw.  Exit status 0 when the probe pass
 """
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 from ..errors import ConfigError
@@ -75,6 +73,8 @@ def build_vmm_command(argv: list[str], probe: str) -> list[str]:
 
 def run_external(argv: list[str], timeout: float) -> tuple[bytes, str]:
     """Another VMM: its stdout is the console (stderr is read too when stdout holds no report)."""
+    import subprocess  # lazily: `pvhboot boot` imports every subcommand module (cli.build_parser)
+
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except FileNotFoundError:
@@ -150,6 +150,8 @@ def run(args) -> int:
         output, how = run_under_pvhboot(args)
     report = parse_report(output)
     if args.json:
+        import json
+
         print(json.dumps(report_json(report, how), indent=2))
     else:
         print_table(report, how, args.facts)

@@ -1,7 +1,6 @@
 """`pvhboot inspect KERNEL [--json]`: what is this kernel file, and how can it be booted?"""
 from __future__ import annotations
 
-import json
 import sys
 
 from ..abi.xen_notes import DESCRIPTIONS, PHYS32_RELOC_FIELDS, XEN_ELFNOTE
@@ -21,6 +20,8 @@ def run(args) -> int:
     kernel = load_kernel(args.kernel)
     report = build_report(kernel)
     if args.json:
+        import json
+
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

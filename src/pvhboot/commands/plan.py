@@ -3,7 +3,6 @@ the builder's dry run -- the memory map the guest would be told and where every 
 Nothing is mapped or written."""
 from __future__ import annotations
 
-import json
 import sys
 
 from ..abi.e820 import E820Type
@@ -90,6 +89,8 @@ def run(args) -> int:
     plan = plan_guest(kernel, config)
     report = build_report(kernel, config, plan)
     if args.json:
+        import json
+
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

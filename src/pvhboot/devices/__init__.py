@@ -15,13 +15,23 @@ Where each one goes (the VMM registers them; port numbers are the defaults named
 from .acpi_pm import AcpiSleepControl
 from .boot_markers import DebugPort80, FirecrackerBootTimer, debug_port_stage
 from .bus import PIO_LIMIT, Bus, BusDevice
-from .console import ConsoleInput, EscapeParser
 from .debug_exit import DebugExit
 from .events import EventLog, EventSink, VmEvent, VmEventKind
 from .i8042 import I8042
 from .irq import FakeIrqLine, IrqLine, NullIrqLine
 from .rtc import CmosRtc
 from .serial import Serial16550
+
+
+def __getattr__(name: str):
+    """ConsoleInput and EscapeParser (termios, select, atexit) are imported only when asked for: the
+    VMM needs them only when stdin is a terminal (PEP 562)."""
+    if name in ("ConsoleInput", "EscapeParser"):
+        from . import console
+
+        return getattr(console, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AcpiSleepControl", "Bus", "BusDevice", "CmosRtc", "ConsoleInput", "DebugExit", "DebugPort80",

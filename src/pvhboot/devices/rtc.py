@@ -11,7 +11,6 @@ Per the MC146818A data sheet; Linux's reader is drivers/rtc/rtc-mc146818-lib.c.
 """
 from __future__ import annotations
 
-import calendar
 import time
 from typing import Callable
 
@@ -103,6 +102,8 @@ class CmosRtc:
         """The guest cleared SET: its register values become the clock (as an offset from the host's)."""
         r = self._ram
         year = self._decode(r[RTC_CENTURY]) * 100 + self._decode(r[RTC_YEAR])
+        import calendar  # only when the guest sets the clock
+
         try:
             guest = calendar.timegm(
                 (year, self._decode(r[RTC_MONTH]), self._decode(r[RTC_DAY_OF_MONTH]),

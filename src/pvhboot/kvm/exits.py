@@ -1,14 +1,19 @@
 """Decode a kvm_run page into small records (kvm.h struct kvm_run, the exit union).
 
 :func:`decode_exit` is a free function over bytes, so tests feed it synthetic kvm_run contents.
-The run loop's hot path (port I/O) does not use it: it unpacks the same offsets inline.
+The run loop's hot path (port I/O) does not use it: it unpacks the same offsets inline.  The record
+classes (IoExit, MmioExit, ...) are defined in :mod:`pvhboot.kvm._exit_records` on first use and
+read through this module as before.
 """
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..abi import kvm as abi
+
+if TYPE_CHECKING:
+    from ._exit_records import ExitRecord
 
 _U = abi.KVM_RUN_EXIT_UNION
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
@@ -19,103 +24,17 @@ _SYSEV = struct.Struct("<II16Q")  # type, ndata, data[16] (flags == data[0] in o
 _EX = struct.Struct("<II")
 
 
-@dataclass(frozen=True)
-class IoExit:
-    direction: int  # KVM_EXIT_IO_IN / KVM_EXIT_IO_OUT
-    size: int
-    port: int
-    count: int
-    data_offset: int
-
-    @property
-    def is_write(self) -> bool:
-        return self.direction == abi.KVM_EXIT_IO_OUT
+_RECORD_NAMES = ("IoExit", "MmioExit", "InternalErrorExit", "FailEntryExit", "SystemEventExit",
+                 "ExceptionExit", "SimpleExit", "UnknownExit", "ExitRecord")
 
 
-@dataclass(frozen=True)
-class MmioExit:
-    phys_addr: int
-    data: bytes  # all 8 bytes; the first ``len`` matter
-    len: int
-    is_write: bool
+def __getattr__(name: str):
+    """The record classes live in :mod:`pvhboot.kvm._exit_records`, created on first use (PEP 562)."""
+    if name in _RECORD_NAMES:
+        from . import _exit_records
 
-
-@dataclass(frozen=True)
-class InternalErrorExit:
-    suberror: int
-    ndata: int
-    data: tuple[int, ...]
-
-    @property
-    def suberror_name(self) -> str:
-        try:
-            return abi.KvmInternalError(self.suberror).name
-        except ValueError:
-            return f"suberror {self.suberror}"
-
-    @property
-    def instruction_bytes(self) -> bytes | None:
-        """For an emulation failure: the bytes of the instruction KVM could not emulate.
-
-        kvm_pvm and x86 KVM report data[0] = flags (1: instruction bytes valid), then the instruction
-        length in the low byte of data[1] and up to 15 bytes from the next byte on (platform.md).
-        """
-        if self.suberror != abi.KvmInternalError.EMULATION or self.ndata < 2:
-            return None
-        raw = b"".join(d.to_bytes(8, "little") for d in self.data[1:self.ndata])
-        n = raw[0]
-        if not self.data[0] & 1 or n == 0 or n > 15:
-            return None
-        return raw[1:1 + n]
-
-
-@dataclass(frozen=True)
-class FailEntryExit:
-    hardware_entry_failure_reason: int
-    cpu: int
-
-
-@dataclass(frozen=True)
-class SystemEventExit:
-    type: int
-    ndata: int
-    data: tuple[int, ...]
-
-    @property
-    def type_name(self) -> str:
-        try:
-            return abi.KvmSystemEvent(self.type).name
-        except ValueError:
-            return f"type {self.type}"
-
-
-@dataclass(frozen=True)
-class ExceptionExit:
-    exception: int
-    error_code: int
-
-
-@dataclass(frozen=True)
-class SimpleExit:
-    """An exit with no payload pvhboot reads (HLT, SHUTDOWN, INTR, IRQ_WINDOW_OPEN, ...)."""
-
-    reason: int
-
-    @property
-    def name(self) -> str:
-        try:
-            return abi.KvmExit(self.reason).name
-        except ValueError:
-            return f"exit {self.reason}"
-
-
-@dataclass(frozen=True)
-class UnknownExit:
-    reason: int
-    hardware_exit_reason: int
-
-
-ExitRecord = IoExit | MmioExit | InternalErrorExit | FailEntryExit | SystemEventExit | ExceptionExit | SimpleExit | UnknownExit
+        return getattr(_exit_records, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def exit_reason(run: bytes | bytearray | memoryview) -> int:
@@ -124,6 +43,9 @@ def exit_reason(run: bytes | bytearray | memoryview) -> int:
 
 def decode_exit(run: bytes | bytearray | memoryview) -> tuple[int, ExitRecord]:
     """(exit_reason, record) for the kvm_run contents ``run`` (at least the 304-byte header+union)."""
+    from ._exit_records import (ExceptionExit, FailEntryExit, InternalErrorExit, IoExit, MmioExit,
+                                SimpleExit, SystemEventExit, UnknownExit)
+
     reason = exit_reason(run)
     K = abi.KvmExit
     if reason == K.IO:
@@ -146,7 +68,7 @@ def decode_exit(run: bytes | bytearray | memoryview) -> tuple[int, ExitRecord]:
     return reason, SimpleExit(reason)
 
 
-def io_data(run: bytes | bytearray | memoryview, io: IoExit) -> bytes:
+def io_data(run: bytes | bytearray | memoryview, io) -> bytes:
     """The bytes an OUT wrote (or the buffer an IN fills): size*count bytes at data_offset."""
     n = io.size * io.count
     return bytes(run[io.data_offset:io.data_offset + n])

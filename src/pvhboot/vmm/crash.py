@@ -9,9 +9,12 @@ lines, and on kvm_pvm a line saying an unmodified Linux cannot run on this softw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..abi import kvm as abi
-from ..kvm.exits import InternalErrorExit
+
+if TYPE_CHECKING:
+    from ..kvm.exits import InternalErrorExit
 
 CODE_BYTES = 32  # bytes read at RIP for the disassembly
 CONSOLE_LINES = 40

@@ -17,7 +17,6 @@ import signal
 import struct
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 
 from ..abi import kvm as abi
@@ -112,6 +111,8 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None
             return
         run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, ring)
     except BaseException as e:  # a device or VMM bug must not hang the VMM: end the VM with a report
+        import traceback
+
         from .crash import CrashInfo
 
         ctl.stop("crash", crash=CrashInfo(kind="vmm error", vcpu=vcpu.index,
