@@ -29,6 +29,9 @@ def add_parser(subparsers):
     p.add_argument("--timeout", metavar="S", type=float, default=None,
                    help="stop the guest after S seconds of wall time, with a report")
     p.add_argument("--symbols", metavar="FILE", help="System.map or ELF with symbols, for crash reports")
+    p.add_argument("--no-coalesced-uart", dest="coalesced_uart", action="store_false",
+                   help="make every write to COM1's THR a full VM exit (by default THR is a coalesced "
+                        "PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
     p.add_argument("--events-json", metavar="FILE", help="write the exit record and boot markers as JSON")
     return p
 
@@ -50,7 +53,7 @@ def run(args) -> int:
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
                  protocol=args.protocol, timeout=args.timeout, symbols=args.symbols,
-                 stdin=stdin_is_tty) as vm:
+                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart) as vm:
         record = vm.run()
     if args.events_json:
         write_atomically(args.events_json, [record.to_json_bytes()])

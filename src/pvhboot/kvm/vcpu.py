@@ -30,6 +30,11 @@ class CoalescedRing:
         self._max = abi.kvm_coalesced_mmio_max(mmap.PAGESIZE)
         self._lock = threading.Lock()  # one ring per VM, drained from every vCPU thread
 
+    def pending(self) -> bool:
+        """True when entries are queued (a lock-free peek at ``first`` != ``last``)."""
+        first, last = _RING_HEAD.unpack_from(self._view, self._off)
+        return first != last
+
     def drain(self) -> list[tuple[int, int, bool, bytes]]:
         """Entries (addr, len, pio, data) queued since the last drain, oldest first; consumes them."""
         v, off = self._view, self._off

@@ -17,7 +17,7 @@ from ..boot.cpu_state import CpuState
 from ..errors import ConfigError, KvmError
 from ..memory import layout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
-from .runloop import VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
+from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
 REASONS = ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")
 MAX_CPUS = 255  # xAPIC ids are 8 bits; the MADT pvhboot writes lists xAPIC entries
@@ -79,12 +79,16 @@ class Machine:
 
     ``irqchip=False`` builds a bare VM (no PIC/IOAPIC/LAPIC, HLT exits to user space, one vCPU): for
     hand-assembled test guests.  ``console``: a binary stream, a callable, or None (captured only).
+    ``coalesced_uart`` (default on when KVM has KVM_CAP_COALESCED_PIO): COM1's THR (port 0x3f8) is a
+    coalesced PIO zone, so a transmitted byte costs no exit (bench 4); the run loop delivers the queued
+    bytes before any other exit and a 10 ms tick delivers them when there is none (runloop.py).
+    ``self.coalesced_uart`` says whether it is in effect.
     """
 
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
-                 coalesced: tuple[tuple[int, int, bool], ...] = ()):
+                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
         from ..kvm import Kvm, is_kvm_pvm
 
         if not 1 <= cpus <= MAX_CPUS:
@@ -109,6 +113,9 @@ class Machine:
         # (addr, size, pio) zones whose writes KVM queues in the coalesced ring instead of exiting;
         # the run loop delivers them, in order, before handling the next exit.
         self._coalesced = tuple(coalesced)
+        self._want_coalesced_uart = coalesced_uart
+        self.coalesced_uart = False
+        self.coalesced_writes = None  # the run's CoalescedWrites (its ``delivered`` count), once run
         self.ctl = VmControl()
         self._events: list = []
         self._start_ns = 0
@@ -141,6 +148,11 @@ class Machine:
         if irqchip:
             vm.create_irqchip()
             vm.create_pit2()
+        if self._want_coalesced_uart and self.kvm.check_extension(abi.KvmCap.COALESCED_PIO) > 0 and not any(
+                pio and addr <= layout.COM1_PORT < addr + size for addr, size, pio in self._coalesced):
+            # THR/DLL only: every other UART register access exits (and is answered after the ring).
+            self._coalesced += ((layout.COM1_PORT, 1, True),)
+            self.coalesced_uart = True
         for addr, size, pio in self._coalesced:
             vm.register_coalesced_zone(addr, size, pio=pio)
 
@@ -235,8 +247,10 @@ class Machine:
         install_kick_handler()
         ctl = self.ctl
         ring = self.vm.vcpus[0].coalesced_ring() if self._coalesced else None
+        coalesced = self.coalesced_writes = (CoalescedWrites(ring, self.pio_bus, self.mmio_bus)
+                                              if ring is not None else None)
         threads = [threading.Thread(target=vcpu_thread_main, name=f"pvhboot-vcpu{v.index}", daemon=True,
-                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, ring))
+                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, coalesced))
                    for v in self.vm.vcpus]
         if self._want_stdin:
             from ..devices import ConsoleInput
@@ -248,18 +262,19 @@ class Machine:
         try:
             for t in threads:
                 t.start()
-            if not ctl.done.wait(self.timeout):
-                ctl.stop("timeout", 1)
+            if coalesced is None:
+                if not ctl.done.wait(self.timeout):
+                    ctl.stop("timeout", 1)
+            else:
+                self._wait_delivering(coalesced)
         except KeyboardInterrupt:
             interrupted = True
             ctl.stop("quit", 130)
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
-            if ring is not None:  # writes queued after the last exit
-                from .runloop import deliver_coalesced
-
-                deliver_coalesced(ring.drain(), self.pio_bus, self.mmio_bus)
+            if coalesced is not None:  # writes queued after the last exit
+                coalesced.deliver()
             wall = time.monotonic() - t0
             if self._console_input is not None:
                 self._console_input.stop()
@@ -267,6 +282,32 @@ class Machine:
         if interrupted:
             raise KeyboardInterrupt
         return record
+
+    def _wait_delivering(self, coalesced) -> None:
+        """Wait for a stop (or the timeout), delivering queued coalesced writes every TICK_S."""
+        ctl = self.ctl
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        tick = coalesced.TICK_S
+        while True:
+            wait = tick
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    ctl.stop("timeout", 1)
+                    return
+                wait = min(tick, left)
+            if ctl.done.wait(wait):
+                return
+            try:
+                coalesced.deliver()
+            except Exception as e:  # a device bug ends the VM with a report, as on a vCPU thread
+                import traceback
+
+                from .crash import CrashInfo
+
+                ctl.stop("crash", crash=CrashInfo(kind="vmm error", vcpu=0,
+                                                  detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+                return
 
     def _exit_record(self, wall: float, stuck: list[int]) -> VmExit:
         req = self.ctl.request
@@ -332,7 +373,8 @@ class MicroVM:
 
     def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
                  memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
-                 timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False):
+                 timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False,
+                 coalesced_uart: bool = True):
         from ..boot.config import PROTOCOLS
 
         if protocol not in ("auto", *PROTOCOLS):
@@ -346,6 +388,7 @@ class MicroVM:
         self.requested_protocol = protocol
         self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
         self.stdin = stdin
+        self.coalesced_uart = coalesced_uart  # see Machine
         self.image = None
         self.loaded = None
         self.mem = None
@@ -409,7 +452,7 @@ class MicroVM:
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
                                    timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image))
+                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise

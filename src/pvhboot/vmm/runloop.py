@@ -5,6 +5,15 @@ union in one go), one bus dispatch (a dict lookup inside :class:`pvhboot.devices
 IN, one ``pack_into``.  Rare exits (shutdown, internal error, ...) go through
 :func:`pvhboot.kvm.exits.decode_exit` and end the VM with a crash record.
 
+Coalesced writes (KVM_REGISTER_COALESCED_MMIO, api.rst; COM1's THR by default): KVM queues writes to
+a coalesced zone in one ring page per VM instead of exiting.  :class:`CoalescedWrites` delivers them to
+the buses, oldest first, (1) after every KVM_RUN of every vCPU, before the exit is handled, so any
+register access that exits sees all earlier queued writes in order (the UART's LSR/IIR/IER/LCR after
+THR bytes; a DLL byte queued while DLAB=1 reaches the UART before the LCR write that clears DLAB, and
+is decoded with the DLAB state it was written under), and (2) every ``TICK_S`` from the VMM's waiting
+thread, so a guest that fills THR and then halts until the THRE interrupt (which only the UART model
+raises, on delivery) is not stalled.
+
 Stopping (api.rst "immediate_exit", platform.md): :meth:`VmControl.stop` sets ``immediate_exit`` in
 every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread, so a thread inside
 KVM_RUN (HLT with the in-kernel irqchip, an AP waiting for SIPI) returns with EINTR and one about to
@@ -101,7 +110,32 @@ def _block_async_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - keep)
 
 
-def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> None:
+class CoalescedWrites:
+    """The VM's coalesced ring and the buses its entries go to.  One lock around drain + delivery
+    keeps the guest's order when several threads (vCPUs, the tick) deliver."""
+
+    TICK_S = 0.01  # the host-side drain period while the VMM waits (a guest stalled on THRE waits <= this)
+
+    def __init__(self, ring, pio_bus, mmio_bus) -> None:
+        self._ring = ring
+        self._pio, self._mmio = pio_bus, mmio_bus
+        self._lock = threading.Lock()
+        self.pending = ring.pending
+        self.delivered = 0  # writes delivered so far (tests and benchmarks read it)
+
+    def deliver(self) -> int:
+        """Deliver every queued write; returns how many."""
+        ring = self._ring
+        if not ring.pending():
+            return 0
+        with self._lock:
+            entries = ring.drain()
+            deliver_coalesced(entries, self._pio, self._mmio)
+            self.delivered += len(entries)
+        return len(entries)
+
+
+def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None) -> None:
     """Thread body: run ``vcpu`` until the VM stops.  ``on_exit(vcpu, reason, record)`` handles every
     exit that is not port I/O, MMIO or INTR, and returns True to keep running."""
     ctl.threads[vcpu.index] = threading.get_ident()
@@ -109,7 +143,7 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None
     try:
         if ctl.stopping:
             return
-        run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, ring)
+        run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, coalesced)
     except BaseException as e:  # a device or VMM bug must not hang the VMM: end the VM with a report
         import traceback
 
@@ -119,15 +153,16 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None
                                           detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
-def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> None:
-    """The loop itself (also used directly by benchmarks)."""
+def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: CoalescedWrites | None = None) -> None:
+    """The loop itself (also used directly by benchmarks).  ``coalesced``: delivered before each exit."""
     view = vcpu.run_view
     run = vcpu.run
     unpack_exit = _EXIT_IO.unpack_from
     pio_read, pio_write = pio_bus.read, pio_bus.write
     values = _VALUE
     io_code, out = _EXIT_IO_CODE, _OUT  # locals: read on every exit
-    drain = ring.drain if ring is not None else None
+    pending = coalesced.pending if coalesced is not None else None
+    deliver = coalesced.deliver if coalesced is not None else None
     while True:
         try:
             run()
@@ -138,8 +173,8 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, ring=None) -> Non
                     return
                 continue
             raise
-        if drain is not None:
-            deliver_coalesced(drain(), pio_bus, mmio_bus)
+        if pending is not None and pending():
+            deliver()  # queued writes first: the exit below must see them (e.g. LSR after THR bytes)
         reason, direction, size, port, count, off = unpack_exit(view, 0)
         if reason == io_code:
             fmt = values[size]
