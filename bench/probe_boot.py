@@ -51,7 +51,8 @@ def measure(repeats: int = 5) -> dict:
         row("2p", "python3 -c pass (interpreter start-up)", "s", med["python"][0], q[0], "QEMU microvm"),
         row("2g", "probe guest run inside pvhboot (first KVM_RUN to exit)", "s", guest, q[0], "QEMU microvm"),
     ]
-    notes = [f"QEMU -cpu {cpu}; -cpu candidates on this /dev/kvm: "
+    notes = ["pvhboot runs with its defaults: COM1's THR is a coalesced PIO zone (`--no-coalesced-uart` turns it off)",
+             f"QEMU -cpu {cpu}; -cpu candidates on this /dev/kvm: "
              + "; ".join(f"{k}: {v}" for k, v in cpu_failed.items()),
              f"pvhboot probe: {pvh_line}", f"QEMU probe: {qemu_line}"]
     details = {"repeats": repeats, "runs": runs, "qemu_cpu": cpu, "qemu_cpu_refused": cpu_failed,
