@@ -26,7 +26,6 @@ import signal
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
 
 from ..abi import kvm as abi
 from ..kvm.exits import decode_exit
@@ -60,25 +59,31 @@ def install_kick_handler() -> None:
     signal.signal(KICK_SIGNAL, _noop_handler)
 
 
-@dataclass
 class StopRequest:
-    """Why the VM stopped: reason in ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")."""
+    """Why the VM stopped: reason in ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit").
+    (Plain classes here, not dataclasses: internal records, and each dataclass costs start-up time.)"""
 
-    reason: str
-    exit_code: int = 0
-    crash: object | None = None  # pvhboot.vmm.crash.CrashInfo for "crash"
+    __slots__ = ("reason", "exit_code", "crash")
+
+    def __init__(self, reason: str, exit_code: int = 0, crash: object | None = None) -> None:
+        self.reason = reason
+        self.exit_code = exit_code
+        self.crash = crash  # pvhboot.vmm.crash.CrashInfo for "crash"
+
+    def __repr__(self) -> str:
+        return f"StopRequest(reason={self.reason!r}, exit_code={self.exit_code!r}, crash={self.crash!r})"
 
 
-@dataclass
 class VmControl:
     """State shared by the vCPU threads and the thread that waits for them."""
 
-    vcpus: list = field(default_factory=list)
-    threads: dict[int, int] = field(default_factory=dict)  # vcpu index -> thread ident
-    stopping: bool = False
-    request: StopRequest | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, vcpus: list | None = None) -> None:
+        self.vcpus: list = vcpus if vcpus is not None else []
+        self.threads: dict[int, int] = {}  # vcpu index -> thread ident
+        self.stopping = False
+        self.request: StopRequest | None = None
+        self.done = threading.Event()
+        self.lock = threading.Lock()
 
     def stop(self, reason: str, exit_code: int = 0, crash: object | None = None) -> bool:
         """Ask every vCPU to stop.  The first request wins (True); later ones are ignored (False)."""
