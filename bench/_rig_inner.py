@@ -26,7 +26,8 @@ def timed(argv, env, timeout):
 
 
 def main():
-    cfg = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as f:
+        cfg = json.load(f)
     env = dict(os.environ)
     qenv = dict(env, LD_LIBRARY_PATH="/rig/qemu/lib")
     for rep in range(cfg["repeats"]):

@@ -10,6 +10,7 @@ where a ROW is ``{"id", "metric", "unit", "pvhboot", "reference", "ref_name", "r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -98,10 +99,10 @@ def run_process(argv: list[str], *, stdout_path: str | None = None, timeout: flo
     ``stdout_path``: send stdout to this file instead of capturing it."""
     import threading
 
-    out_f = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
-    err_f = tempfile.TemporaryFile()
     chunks: list[bytes] = []
-    try:
+    with contextlib.ExitStack() as files:
+        out_f = files.enter_context(open(stdout_path, "wb")) if stdout_path else subprocess.PIPE
+        err_f = files.enter_context(tempfile.TemporaryFile())
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, env=env, cwd=cwd)
         reader = None
@@ -128,10 +129,6 @@ def run_process(argv: list[str], *, stdout_path: str | None = None, timeout: flo
             reader.join(10)
         err_f.seek(0)
         return ProcessRun(p.returncode, wall, ru.ru_utime + ru.ru_stime, hwm, b"".join(chunks), err_f.read())
-    finally:
-        if stdout_path:
-            out_f.close()
-        err_f.close()
 
 
 def python_argv() -> list[str]:
@@ -185,13 +182,15 @@ def probe_path() -> str:
 def machine_facts() -> dict:
     cpu = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    kvm_module = next((m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")), None)
+    kvm_module = next((m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")),
+                      None)
     qemu = None
     if shutil.which(QEMU):
         try:
@@ -200,7 +199,7 @@ def machine_facts() -> dict:
             pass
     mem_total = None
     try:
-        m = re.search(r"MemTotal:\s+(\d+) kB", open("/proc/meminfo").read())
+        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
         mem_total = int(m.group(1)) * 1024 if m else None
     except OSError:
         pass

@@ -111,8 +111,8 @@ def run_floor(n: int) -> tuple[float, float]:
 
 
 def measure(repeats: int = 5, exits: int = 100_000) -> dict:
-    from pvhboot.kvm import Kvm
     from pvhboot.abi import kvm as abi
+    from pvhboot.kvm import Kvm
 
     tmp = common.build_dir()
     exe = common.compile_c_loop(tmp)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from . import common
 from .common import median, row
@@ -48,8 +48,8 @@ def child(memory: int) -> None:
     with MicroVM(None, memory=memory, console=None) as vm:
         r = vm.run()
         ranges = [(reg.host_addr, reg.host_addr + reg.size) for reg in vm.mem.regions]
-        guest = rss_of_ranges(open("/proc/self/smaps").read(), ranges)
-        hwm = vm_hwm(open("/proc/self/status").read())
+        guest = rss_of_ranges(Path("/proc/self/smaps").read_text(), ranges)
+        hwm = vm_hwm(Path("/proc/self/status").read_text())
     print(json.dumps({"reason": r.reason, "exit_code": r.exit_code, "vm_hwm": hwm, "guest_rss": guest}))
 
 

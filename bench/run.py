@@ -32,9 +32,7 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
     argv = [sys.executable, "-m", f"bench.{name}"]
     if name == "console":
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
-    elif name in ("memory", "churn"):
-        argv += ["--repeats", str(min(repeats, 3))]
-    elif name == "rig_boot":
+    elif name in ("memory", "churn", "rig_boot"):
         argv += ["--repeats", str(min(repeats, 3))]
     else:
         argv += ["--repeats", str(repeats)]
@@ -73,8 +71,9 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             if r.get("status") in ("not run", "error"):
                 met = r["status"]
             unit = r["unit"]
-            out.append([r["id"], r["metric"].strip(), f"{fmt(r['pvhboot'], unit)} {'' if unit == 'bytes/s' else unit}".strip()
-                        if r["pvhboot"] is not None else "-",
+            shown_unit = "" if unit == "bytes/s" else unit
+            out.append([r["id"], r["metric"].strip(),
+                        f"{fmt(r['pvhboot'], unit)} {shown_unit}".strip() if r["pvhboot"] is not None else "-",
                         (f"{fmt(r['reference'], unit)} ({r['ref_name']})" if r.get("reference") is not None
                          else (r.get("ref_name") or "")),
                         f"{r['ratio']:.2f}" if r.get("ratio") is not None else "", goal, met])

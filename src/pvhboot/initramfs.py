@@ -59,7 +59,7 @@ class CpioWriter:
         self.bytes_written = 0
 
     # -- context manager -------------------------------------------------------------------
-    def __enter__(self) -> "CpioWriter":
+    def __enter__(self) -> CpioWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -9,9 +9,9 @@ import stat
 import subprocess
 
 import pytest
+from support import require_tool
 
 from pvhboot.initramfs import CpioWriter
-from support import require_tool
 
 
 @pytest.fixture()

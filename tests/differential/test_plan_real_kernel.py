@@ -4,8 +4,6 @@ own bytes for what lands in guest memory."""
 import re
 import subprocess
 
-import pytest
-
 from pvhboot.abi.bootparam import SETUP_HEADER_OFFSET
 from pvhboot.boot import BootConfig, load_guest, plan_guest
 from pvhboot.image import load_kernel

@@ -9,8 +9,8 @@ import re
 import subprocess
 
 import pytest
-
 from support import require_tool
+
 from pvhboot.cli import main
 
 # readelf names some note types even for a foreign owner (binutils readelf.c get_note_type):

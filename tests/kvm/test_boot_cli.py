@@ -12,9 +12,8 @@ import struct
 import subprocess
 import sys
 
-import pytest
-
 import imagekit
+import pytest
 
 pytestmark = pytest.mark.kvm
 

@@ -6,11 +6,11 @@ Inputs: small synthetic ELFs and bzImages (every codec), and the real Debian bzI
 import functools
 import struct
 
+import imagekit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import imagekit
 from pvhboot.abi.bootparam import SETUP_HEADER_OFFSET, setup_header
 from pvhboot.errors import PvhbootError
 from pvhboot.image import describe_kernel

@@ -1,9 +1,9 @@
 """Property: memory plans never overlap and stay inside RAM for any memory size 16 MiB..64 GiB and
 any initrd that fits; an initrd too large is a LayoutError.  Plans only: no GuestMemory here."""
+from boot_synth import bzimage_kernel, elf_kernel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from boot_synth import bzimage_kernel, elf_kernel
 from pvhboot.abi.e820 import E820Type
 from pvhboot.boot import BootConfig, plan_guest
 from pvhboot.errors import LayoutError

@@ -3,8 +3,8 @@ import json
 import struct
 
 import pytest
-
 from boot_synth import bzimage_kernel, elf_kernel
+
 from pvhboot.boot import BootConfig, load_guest, plan_guest
 from pvhboot.boot.convert import start_info_to_boot_params
 from pvhboot.boot.pvh import parse_start_info

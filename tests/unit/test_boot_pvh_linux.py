@@ -3,8 +3,8 @@ headers' offsets, golden bytes, round trips."""
 import struct
 
 import pytest
-
 from boot_synth import bzimage_kernel, elf_kernel
+
 from pvhboot.abi.e820 import E820Type
 from pvhboot.boot.config import MemoryRegionSpec as R
 from pvhboot.boot.linux import build_boot_params, synthesize_setup_header

@@ -3,9 +3,9 @@ import json
 import subprocess
 import sys
 
+import imagekit
 import pytest
 
-import imagekit
 from pvhboot.cli import main
 
 VMLINUX = imagekit.build_elf()

@@ -2,8 +2,17 @@
 import struct
 
 from pvhboot.abi import kvm as abi
-from pvhboot.kvm.exits import (FailEntryExit, InternalErrorExit, IoExit, MmioExit, SimpleExit, SystemEventExit,
-                               UnknownExit, decode_exit, io_data)
+from pvhboot.kvm.exits import (
+    FailEntryExit,
+    InternalErrorExit,
+    IoExit,
+    MmioExit,
+    SimpleExit,
+    SystemEventExit,
+    UnknownExit,
+    decode_exit,
+    io_data,
+)
 
 RUN_SIZE = 2352
 

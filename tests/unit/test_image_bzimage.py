@@ -1,9 +1,9 @@
 """bzImage parsing: synthetic bzImages for every codec, and "corrupt one field, get one exact error"."""
 import struct
 
+import imagekit
 import pytest
 
-import imagekit
 from pvhboot.abi.bootparam import SETUP_HEADER_OFFSET, setup_header
 from pvhboot.errors import BootError, ImageError, UnsupportedCompression
 from pvhboot.image import load_kernel, parse_bzimage, parse_elf

@@ -3,9 +3,9 @@ import shutil
 import struct
 import subprocess
 
+import imagekit
 import pytest
 
-import imagekit
 from pvhboot.errors import ImageError, UnsupportedCompression
 from pvhboot.image.decompress import decompress_payload, detect_compression
 

@@ -1,9 +1,9 @@
 """ELF vmlinux parsing: segments, entries, Xen notes of every encoding, build-id, version, errors."""
 import struct
 
+import imagekit
 import pytest
 
-import imagekit
 from pvhboot.abi.xen_notes import XEN_ELFNOTE, XenNoteFormat, decode_xen_note, xen_note_format, xen_note_name
 from pvhboot.errors import BootError, ImageError
 from pvhboot.image import entries_of, load_kernel, parse_elf

@@ -1,7 +1,7 @@
 """SymbolTable from a System.map and from an ELF .symtab."""
+import imagekit
 import pytest
 
-import imagekit
 from pvhboot.errors import ImageError
 from pvhboot.image import parse_elf
 from pvhboot.image.symbols import SymbolTable, load_symbols

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..abi.bootparam import HDRS_MAGIC, SETUP_HEADER_OFFSET, XLoadFlags, setup_header
 from ..abi.e820 import E820Type
-from ..abi.start_info import HVM_START_INFO_V0_SIZE, hvm_modlist_entry, hvm_memmap_table_entry, hvm_start_info
+from ..abi.start_info import HVM_START_INFO_V0_SIZE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
 from ..errors import BootError, ConfigError, LayoutError
 from ..memory import layout as L
 from .config import PROTOCOLS, BootConfig, MemoryPlan, MemoryRegionSpec, Placement

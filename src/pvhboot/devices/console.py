@@ -18,7 +18,7 @@ import select
 import sys
 import termios
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .events import EventSink, VmEvent, VmEventKind
 
@@ -112,7 +112,7 @@ class ConsoleInput:
         self._stopping = False
         self.eof = False
 
-    def start(self) -> "ConsoleInput":
+    def start(self) -> ConsoleInput:
         if self._thread is not None:
             return self
         if self._raw:
@@ -145,7 +145,7 @@ class ConsoleInput:
             self._saved_attrs = None
             atexit.unregister(self._restore)
 
-    def __enter__(self) -> "ConsoleInput":
+    def __enter__(self) -> ConsoleInput:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -12,7 +12,7 @@ Per the MC146818A data sheet; Linux's reader is drivers/rtc/rtc-mc146818-lib.c.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 PIO_LENGTH = 2
 INDEX_OFFSET = 0  # port 0x70

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from .irq import IrqLine
 

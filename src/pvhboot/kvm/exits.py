@@ -43,8 +43,16 @@ def exit_reason(run: bytes | bytearray | memoryview) -> int:
 
 def decode_exit(run: bytes | bytearray | memoryview) -> tuple[int, ExitRecord]:
     """(exit_reason, record) for the kvm_run contents ``run`` (at least the 304-byte header+union)."""
-    from ._exit_records import (ExceptionExit, FailEntryExit, InternalErrorExit, IoExit, MmioExit,
-                                SimpleExit, SystemEventExit, UnknownExit)
+    from ._exit_records import (
+        ExceptionExit,
+        FailEntryExit,
+        InternalErrorExit,
+        IoExit,
+        MmioExit,
+        SimpleExit,
+        SystemEventExit,
+        UnknownExit,
+    )
 
     reason = exit_reason(run)
     K = abi.KvmExit

@@ -312,8 +312,9 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
         _add_modules(cpio, inputs.modules)
         cpio.add_file_from("rig/guest/vmlinuz", inputs.bzimage, mode=0o644)
         # A ready-made guest initramfs for the inner Linux: prints a marker, powers off.
-        from ..commands.run import write_run_initramfs
         import io
+
+        from ..commands.run import write_run_initramfs
         buf = io.BytesIO()
         write_run_initramfs(buf, ["echo", "GUEST-HELLO"], busybox=BUSYBOX)
         cpio.add_file("rig/guest/hello.cpio", buf.getvalue())
