@@ -189,12 +189,12 @@ def machine_facts() -> dict:
                     break
     except OSError:
         pass
-    kvm_module = next((m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")),
-                      None)
+    kvm_module = next((m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")), None)
     qemu = None
     if shutil.which(QEMU):
         try:
-            qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+            out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10).stdout
+            qemu = out.splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
             pass
     mem_total = None
