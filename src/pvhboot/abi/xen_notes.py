@@ -139,7 +139,6 @@ def decode_xen_note(note_type: int, desc: bytes, little_endian: bool = True) -> 
     elif fmt is XenNoteFormat.NUMERIC_ARRAY_U64:
         if n and n % 8 == 0:
             return tuple(v for (v,) in struct.iter_unpack(e + "Q", desc))
-    elif fmt is XenNoteFormat.PHYS32_RELOC:
-        if n % 4 == 0 and n <= 12:
-            return tuple(v for (v,) in struct.iter_unpack(e + "I", desc))
+    elif fmt is XenNoteFormat.PHYS32_RELOC and n % 4 == 0 and n <= 12:
+        return tuple(v for (v,) in struct.iter_unpack(e + "I", desc))
     return bytes(desc)

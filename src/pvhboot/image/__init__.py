@@ -16,7 +16,8 @@ from .elf import ELF_MAGIC, parse_elf, physical_entry
 from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, XenNote
 
 __all__ = [
-    "load_kernel", "describe_kernel", "map_file", "file_identity", "entries_of", "parse_elf", "parse_bzimage", "STARTUP_64_OFFSET",
+    "load_kernel", "describe_kernel", "map_file", "file_identity", "entries_of", "parse_elf", "parse_bzimage",
+    "STARTUP_64_OFFSET",
     "KernelImage", "ElfImage", "BzImage", "Entries", "LoadSegment", "XenNote",
 ]
 

@@ -49,7 +49,8 @@ def read_setup_header(data) -> setup_header:
         raise ImageError(f"file is too short for a bzImage setup header ({len(data)} bytes, need {_HEADER_END})")
     hdr = setup_header.from_buffer_copy(bytes(data[SETUP_HEADER_OFFSET:_HEADER_END]))
     if hdr.header != HDRS_MAGIC:
-        raise ImageError(f"bzImage header signature at 0x202 is {hdr.header:#010x}, expected {HDRS_MAGIC:#010x} ('HdrS')")
+        raise ImageError(f"bzImage header signature at 0x202 is {hdr.header:#010x}, "
+                         f"expected {HDRS_MAGIC:#010x} ('HdrS')")
     if hdr.boot_flag != BOOT_FLAG_MAGIC:
         raise ImageError(f"bzImage boot_flag at 0x1fe is {hdr.boot_flag:#06x}, expected {BOOT_FLAG_MAGIC:#06x}")
     return hdr
@@ -64,12 +65,14 @@ def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
     size = len(data)
     setup_size = ((hdr.setup_sects or 4) + 1) * SECTOR
     if setup_size > size:
-        raise ImageError(f"bzImage setup_sects {hdr.setup_sects} puts the protected-mode kernel at {setup_size:#x}, past the end of the file ({size:#x})")
+        raise ImageError(f"bzImage setup_sects {hdr.setup_sects} puts the protected-mode kernel at {setup_size:#x}, "
+                         f"past the end of the file ({size:#x})")
     start = setup_size + hdr.payload_offset
     end = start + hdr.payload_length
     if hdr.payload_length == 0 or end > size:
-        raise ImageError(f"bzImage payload (payload_offset {hdr.payload_offset:#x}, payload_length {hdr.payload_length:#x}, "
-                         f"file bytes {start:#x}..{end:#x}) is empty or runs past the end of the file ({size:#x})")
+        raise ImageError(f"bzImage payload (payload_offset {hdr.payload_offset:#x}, "
+                         f"payload_length {hdr.payload_length:#x}, file bytes {start:#x}..{end:#x}) "
+                         f"is empty or runs past the end of the file ({size:#x})")
     payload = memoryview(data)[start:end]
     compression = detect_compression(payload)
     header = {name: getattr(hdr, name) for name, _ in setup_header._fields_}

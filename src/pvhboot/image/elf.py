@@ -152,7 +152,8 @@ def _parse(data, size: int) -> ElfImage:
     hdr = elf.header
     phoff, phnum, phentsize = hdr["e_phoff"], hdr["e_phnum"], hdr["e_phentsize"]
     if phnum and (phentsize < elf.structs.Elf_Phdr.sizeof() or phoff + phnum * phentsize > size):
-        raise ImageError(f"program header table ({phnum} x {phentsize} bytes at {phoff:#x}) runs past the end of the file ({size:#x})")
+        raise ImageError(f"program header table ({phnum} x {phentsize} bytes at {phoff:#x}) "
+                         f"runs past the end of the file ({size:#x})")
     endian = "<" if elf.little_endian else ">"
 
     segments: list[LoadSegment] = []
@@ -166,14 +167,16 @@ def _parse(data, size: int) -> ElfImage:
                               filesz=ph["p_filesz"], memsz=ph["p_memsz"], flags=ph["p_flags"],
                               align=ph["p_align"])
             if seg.offset + seg.filesz > size:
-                raise ImageError(f"PT_LOAD segment {i} (file bytes {seg.offset:#x}+{seg.filesz:#x}) runs past the end of the file ({size:#x})")
+                raise ImageError(f"PT_LOAD segment {i} (file bytes {seg.offset:#x}+{seg.filesz:#x}) "
+                                 f"runs past the end of the file ({size:#x})")
             if seg.filesz > seg.memsz:
                 raise ImageError(f"PT_LOAD segment {i} has p_filesz {seg.filesz:#x} > p_memsz {seg.memsz:#x}")
             segments.append(seg)
         elif ptype == "PT_NOTE":
             off, filesz = ph["p_offset"], ph["p_filesz"]
             if off + filesz > size:
-                raise ImageError(f"PT_NOTE segment {i} (file bytes {off:#x}+{filesz:#x}) runs past the end of the file ({size:#x})")
+                raise ImageError(f"PT_NOTE segment {i} (file bytes {off:#x}+{filesz:#x}) "
+                                 f"runs past the end of the file ({size:#x})")
             for note in iter_notes(elf, off, filesz):
                 # Raw type and descriptor straight from the file: pyelftools maps note types to
                 # GNU names whatever the owner, and decodes some descriptors.
@@ -181,7 +184,8 @@ def _parse(data, size: int) -> ElfImage:
                 namesz, descsz, ntype = struct.unpack_from(endian + "III", data, n_off)
                 desc_off = n_off + 12 + ((namesz + 3) & ~3)
                 if desc_off + descsz > off + filesz:
-                    raise ImageError(f"ELF note at {n_off:#x} (descsz {descsz}) runs past the end of its PT_NOTE segment")
+                    raise ImageError(f"ELF note at {n_off:#x} (descsz {descsz}) "
+                                     "runs past the end of its PT_NOTE segment")
                 desc = bytes(data[desc_off:desc_off + descsz])
                 owner = note["n_name"]
                 if owner == XEN_NOTE_OWNER:

@@ -100,7 +100,8 @@ class SymbolTable:
             f = ELFFile(_stream(data))
             symtab = f.get_section_by_name(".symtab")
             if symtab is None:
-                raise ImageError(f"{source}: no .symtab section (a stripped kernel: pass its System.map with --symbols)")
+                raise ImageError(f"{source}: no .symtab section "
+                                 "(a stripped kernel: pass its System.map with --symbols)")
             sections = [f.get_section(i) for i in range(f.num_sections())]
             exec_ranges = [(s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections
                            if s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_size"]]

@@ -107,4 +107,5 @@ class UnknownExit:
     hardware_exit_reason: int
 
 
-ExitRecord = IoExit | MmioExit | InternalErrorExit | FailEntryExit | SystemEventExit | ExceptionExit | SimpleExit | UnknownExit
+ExitRecord = (IoExit | MmioExit | InternalErrorExit | FailEntryExit | SystemEventExit | ExceptionExit | SimpleExit
+              | UnknownExit)
