@@ -89,9 +89,12 @@ def build_elf(
     sections = [(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)]  # name, type, flags, addr, offset, size, link, info, align, entsize
     sections.append((sname(".text"), SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, vaddr, off_text, len(text), 0, 0, 16, 0))
     sections.append((sname(".rodata"), SHT_PROGBITS, SHF_ALLOC, vaddr + len(text), off_ro, len(rodata), 0, 0, 4, 0))
-    sections.append((sname(".notes"), SHT_NOTE, SHF_ALLOC, vaddr + off_notes - off_text, off_notes, len(notes_blob), 0, 0, 4, 0))
-    sections.append((sname(".data"), SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, data_vaddr, off_data, len(data_blob), 0, 0, 16, 0))
-    sections.append((sname(".bss"), SHT_NOBITS, SHF_ALLOC | SHF_WRITE, data_vaddr + len(data_blob), off_data + len(data_blob), bss, 0, 0, 16, 0))
+    sections.append((sname(".notes"), SHT_NOTE, SHF_ALLOC, vaddr + off_notes - off_text, off_notes, len(notes_blob),
+                     0, 0, 4, 0))
+    sections.append((sname(".data"), SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, data_vaddr, off_data, len(data_blob),
+                     0, 0, 16, 0))
+    sections.append((sname(".bss"), SHT_NOBITS, SHF_ALLOC | SHF_WRITE, data_vaddr + len(data_blob),
+                     off_data + len(data_blob), bss, 0, 0, 16, 0))
     tail = bytearray()
     off_tail = off_data + len(data_blob)
     if symbols:
@@ -106,7 +109,8 @@ def build_elf(
             else:
                 symtab += struct.pack("<IIIBBH", nameoff, value, size, info, 0, 1)
         symtab_idx = len(sections)
-        sections.append((sname(".symtab"), SHT_SYMTAB, 0, 0, off_tail, len(symtab), symtab_idx + 1, 1, 8, 24 if is64 else 16))
+        sections.append((sname(".symtab"), SHT_SYMTAB, 0, 0, off_tail, len(symtab), symtab_idx + 1, 1, 8,
+                         24 if is64 else 16))
         tail += symtab
         sections.append((sname(".strtab"), SHT_STRTAB, 0, 0, off_tail + len(tail), len(strtab), 0, 0, 1, 0))
         tail += strtab
@@ -120,7 +124,8 @@ def build_elf(
     phdrs = [
         (PT_LOAD, PF_R | PF_X, off_text, vaddr, paddr, rx_size, rx_size, 0x200000),
         (PT_LOAD, PF_R | PF_W, off_data, data_vaddr, data_paddr, len(data_blob), len(data_blob) + bss, 0x200000),
-        (PT_NOTE, PF_R, off_notes, vaddr + off_notes - off_text, paddr + off_notes - off_text, len(notes_blob), len(notes_blob), 4),
+        (PT_NOTE, PF_R, off_notes, vaddr + off_notes - off_text, paddr + off_notes - off_text,
+         len(notes_blob), len(notes_blob), 4),
     ]
 
     out = bytearray(off_sh + shentsize * len(sections))

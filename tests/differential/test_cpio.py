@@ -37,8 +37,9 @@ def archive(tmp_path):
 
 def _listing(path) -> dict[str, str]:
     require_tool("cpio")
-    out = subprocess.run(["cpio", "-i", "-t", "-v", "--quiet"], stdin=open(path, "rb"),
-                         capture_output=True, text=True, check=True).stdout
+    with open(path, "rb") as f:
+        out = subprocess.run(["cpio", "-i", "-t", "-v", "--quiet"], stdin=f,
+                             capture_output=True, text=True, check=True).stdout
     rows = {}
     for line in out.splitlines():
         # "<mode> <nlink> <owner> <group> <size or maj, min> <month> <day> <year> <name>[ -> target]"
@@ -74,8 +75,9 @@ def test_gnu_cpio_extracts_same_bytes(archive, tmp_path):
     out.mkdir()
     # Device nodes need CAP_MKNOD; leave them out of the extraction when not root.
     pattern = [] if os.geteuid() == 0 else ["--nonmatching", "dev/*"]
-    r = subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames", *pattern],
-                       stdin=open(path, "rb"), cwd=out, capture_output=True, text=True)
+    with open(path, "rb") as f:
+        r = subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames", *pattern],
+                           stdin=f, cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (out / "tree" / "sub" / "deeper" / "odd size.bin").read_bytes() == \
         (src / "sub" / "deeper" / "odd size.bin").read_bytes()

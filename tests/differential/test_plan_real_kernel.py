@@ -35,7 +35,8 @@ def test_pvh_plan_matches_readelf_and_loads_file_bytes(debian_vmlinux):
     placed = [(p.addr, p.size) for p in plan.placements if p.name.startswith("kernel[")]
     assert placed == [(paddr, memsz) for _, paddr, _, memsz in loads]
     notes = subprocess.run([readelf, "-nW", str(debian_vmlinux)], capture_output=True, text=True).stdout
-    m = re.search(r"Xen\s+0x[0-9a-f]+\s+Unknown note type: \(0x00000012\)\s+description data: ((?:[0-9a-f]{2} ?)+)", notes)
+    m = re.search(r"Xen\s+0x[0-9a-f]+\s+Unknown note type: \(0x00000012\)\s+"
+                  r"description data: ((?:[0-9a-f]{2} ?)+)", notes)
     assert m, "readelf -n shows no Xen note type 0x12 (PHYS32_ENTRY)"
     assert plan.entry == int.from_bytes(bytes.fromhex(m.group(1).replace(" ", "")), "little")
     data = debian_vmlinux.read_bytes()

@@ -69,7 +69,8 @@ def run_case(case: dict) -> dict:
 
 
 def main() -> int:
-    cases = json.load(open(sys.argv[1]))
+    with open(sys.argv[1]) as f:
+        cases = json.load(f)
     for case in cases:
         for step in case.get("before", []):
             subprocess.run(step, check=False)

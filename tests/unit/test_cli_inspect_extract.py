@@ -67,7 +67,8 @@ def test_inspect_bad_file_is_one_line_exit_2(tmp_path):
 
 def test_inspect_lzo_is_one_line_exit_2(tmp_path):
     path = tmp_path / "bz.lzo"
-    path.write_bytes(imagekit.build_bzimage(payload=imagekit.with_size(imagekit.compress("lzo", VMLINUX), len(VMLINUX))))
+    payload = imagekit.with_size(imagekit.compress("lzo", VMLINUX), len(VMLINUX))
+    path.write_bytes(imagekit.build_bzimage(payload=payload))
     _assert_user_error(_cli("inspect", path), "lzo-compressed")
 
 

@@ -29,7 +29,8 @@ def test_zero_length_is_refused_with_name_and_address():
 
 def test_range_past_port_space_is_refused():
     bus = Bus("pio", limit=PIO_LIMIT)
-    with pytest.raises(ConfigError, match=r"'late' range \[0xfffe, 0x10002\) does not fit in the address space \[0, 0x10000\)"):
+    with pytest.raises(ConfigError,
+                       match=r"'late' range \[0xfffe, 0x10002\) does not fit in the address space \[0, 0x10000\)"):
         bus.insert(Recorder(), 0xFFFE, 4, "late")
     bus.insert(Recorder(), 0xFFFC, 4, "last")  # ending exactly at the limit is fine
     assert bus.lookup(0xFFFF)[1] == 0xFFFC

@@ -78,7 +78,8 @@ GOOD = imagekit.build_bzimage(VMLINUX)
 
 
 def test_bad_hdrs_magic():
-    with pytest.raises(ImageError, match=r"^bzImage header signature at 0x202 is 0x53726449, expected 0x53726448 \('HdrS'\)$"):
+    with pytest.raises(ImageError,
+                       match=r"^bzImage header signature at 0x202 is 0x53726449, expected 0x53726448 \('HdrS'\)$"):
         parse_bzimage(_set(GOOD, "header", 0x53726449))
 
 
@@ -100,7 +101,8 @@ def test_old_protocol():
 
 
 def test_payload_offset_past_eof():
-    with pytest.raises(ImageError, match=r"^bzImage payload \(payload_offset 0x100000, payload_length 0x[0-9a-f]+, .*runs past the end of the file"):
+    with pytest.raises(ImageError, match=r"^bzImage payload \(payload_offset 0x100000, payload_length 0x[0-9a-f]+, "
+                                         r".*runs past the end of the file"):
         parse_bzimage(_set(GOOD, "payload_offset", 0x100000))
 
 
@@ -110,13 +112,15 @@ def test_payload_length_zero():
 
 
 def test_setup_sects_past_eof():
-    with pytest.raises(ImageError, match=r"^bzImage setup_sects 255 puts the protected-mode kernel at 0x20000, past the end of the file"):
+    with pytest.raises(ImageError, match=r"^bzImage setup_sects 255 puts the protected-mode kernel at 0x20000, "
+                                         r"past the end of the file"):
         parse_bzimage(_set(imagekit.build_bzimage(VMLINUX, codec="xz"), "setup_sects", 255))
 
 
 def test_size_trailer_mismatch():
     payload = imagekit.with_size(imagekit.compress("gzip", VMLINUX), len(VMLINUX) - 1)
-    with pytest.raises(ImageError, match=f"^gzip payload decompressed to {len(VMLINUX)} bytes but its size trailer says {len(VMLINUX) - 1}$"):
+    with pytest.raises(ImageError, match=f"^gzip payload decompressed to {len(VMLINUX)} bytes "
+                                         f"but its size trailer says {len(VMLINUX) - 1}$"):
         parse_bzimage(imagekit.build_bzimage(payload=payload))
 
 

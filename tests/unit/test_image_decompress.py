@@ -22,7 +22,8 @@ def test_codec_round_trip(codec):
 @pytest.mark.parametrize("codec", imagekit.CODECS)
 def test_size_trailer_mismatch_is_one_exact_error(codec):
     payload = imagekit.with_size(imagekit.compress(codec, DATA), len(DATA) + 1)
-    with pytest.raises(ImageError, match=f"^{codec} payload decompressed to {len(DATA)} bytes but its size trailer says {len(DATA) + 1}$"):
+    with pytest.raises(ImageError, match=f"^{codec} payload decompressed to {len(DATA)} bytes "
+                                         f"but its size trailer says {len(DATA) + 1}$"):
         decompress_payload(payload)
 
 

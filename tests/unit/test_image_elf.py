@@ -57,7 +57,8 @@ def test_elf64_facts():
 
 
 def test_elf32_facts():
-    img = parse_elf(imagekit.build_elf(elf_class=32, vaddr=0xC1000000, notes=[("Xen", 18, struct.pack("<I", 0x1000020))]))
+    img = parse_elf(imagekit.build_elf(elf_class=32, vaddr=0xC1000000,
+                                       notes=[("Xen", 18, struct.pack("<I", 0x1000020))]))
     assert (img.elf_class, img.machine) == (32, "EM_386")
     assert [(s.paddr, s.vaddr) for s in img.segments] == [(0x1000000, 0xC1000000), (0x1100000, 0xC1100000)]
     e = entries_of(img, None)
@@ -122,7 +123,8 @@ def test_not_elf():
 def test_load_segment_past_eof():
     elf = bytearray(imagekit.build_elf())
     struct.pack_into("<Q", elf, 64 + 32, 0x10000000)  # first phdr's p_filesz
-    with pytest.raises(ImageError, match=r"^PT_LOAD segment 0 \(file bytes 0x1000\+0x10000000\) runs past the end of the file"):
+    with pytest.raises(ImageError,
+                       match=r"^PT_LOAD segment 0 \(file bytes 0x1000\+0x10000000\) runs past the end of the file"):
         parse_elf(bytes(elf))
 
 
@@ -136,7 +138,8 @@ def test_filesz_bigger_than_memsz():
 def test_program_headers_past_eof():
     elf = bytearray(imagekit.build_elf())
     struct.pack_into("<Q", elf, 32, len(elf) - 8)  # e_phoff
-    with pytest.raises(ImageError, match=r"^program header table \(3 x 56 bytes at 0x[0-9a-f]+\) runs past the end of the file"):
+    with pytest.raises(ImageError,
+                       match=r"^program header table \(3 x 56 bytes at 0x[0-9a-f]+\) runs past the end of the file"):
         parse_elf(bytes(elf))
 
 

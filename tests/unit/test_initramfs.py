@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -170,7 +171,7 @@ def test_run_initramfs_contents(tmp_path):
     run_cmd.write_run_initramfs(buf, ["/root/payload.sh"], busybox=busybox,
                                 files=[(str(extra), "root/payload.sh")])
     members = {m["name"]: m for m in parse_newc(buf.getvalue())}
-    assert members["bin/busybox"]["data"] == open(busybox, "rb").read()
+    assert members["bin/busybox"]["data"] == Path(busybox).read_bytes()
     assert members["bin/sh"]["data"] == b"../bin/busybox"
     assert members["sbin/poweroff"]["data"] == b"../bin/busybox"
     assert members["dev/console"]["rdevmajor"] == 5 and members["dev/console"]["rdevminor"] == 1

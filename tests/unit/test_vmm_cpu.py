@@ -18,7 +18,8 @@ def test_pvh_sregs():
     st = pvh_state()
     s = build_kvm_sregs(st)
     assert s.cr0 == 1 and s.cr4 == 0 and s.efer == 0
-    assert (s.cs.base, s.cs.limit, s.cs.type, s.cs.db, s.cs.l, s.cs.s, s.cs.present, s.cs.g) == (0, 0xFFFFFFFF, 0xB, 1, 0, 1, 1, 1)
+    assert (s.cs.base, s.cs.limit, s.cs.type, s.cs.db, s.cs.l, s.cs.s, s.cs.present, s.cs.g) == \
+        (0, 0xFFFFFFFF, 0xB, 1, 0, 1, 1, 1)
     for seg in (s.ds, s.es, s.ss):
         assert (seg.base, seg.limit, seg.type, seg.db) == (0, 0xFFFFFFFF, 0x3, 1)
     assert (s.tr.type, s.tr.limit, s.tr.s, s.tr.present) == (0xB, 0x67, 0, 1)
@@ -83,7 +84,8 @@ def test_cpuid_per_vcpu():
     assert find(t, 0x80000008).ecx & 0xFF == 3
     sig = find(t, 0x40000000)
     assert sig.eax == 0x40000001
-    assert (sig.ebx.to_bytes(4, "little") + sig.ecx.to_bytes(4, "little") + sig.edx.to_bytes(4, "little")) == b"KVMKVMKVM\0\0\0"
+    vendor = sig.ebx.to_bytes(4, "little") + sig.ecx.to_bytes(4, "little") + sig.edx.to_bytes(4, "little")
+    assert vendor == b"KVMKVMKVM\0\0\0"
     pv = find(t, 0x40000001)
     assert (pv.eax, pv.ebx, pv.ecx, pv.edx) == (0, 0, 0, 0)  # KVM PV features cleared
 
