@@ -7,13 +7,13 @@ probe (skipped, with the reason, until it is part of the installation).
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
 
 import imagekit
 import pytest
+from support import probe_elf
 
 pytestmark = pytest.mark.kvm
 
@@ -101,22 +101,13 @@ def test_user_errors_exit_2(tmp_path):
         assert p.stderr.count(b"\n") == 1
 
 
-def _probe_path():
-    try:
-        from pvhboot.probe import probe_path
-        path = probe_path()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"the built-in probe is not available yet ({type(e).__name__}: {e})")
-    if not os.path.exists(path):
-        pytest.skip(f"the built-in probe {path} has not been built")
-    return str(path)
 
 
 @pytest.mark.parametrize("protocol", ["pvh", "linux64"])
 @pytest.mark.parametrize("cpus", [1, 2])
 @pytest.mark.parametrize("memory", ["512M", "6G"])
 def test_probe_passes(protocol, cpus, memory):
-    _probe_path()
+    probe_elf()
     p = pvhboot("--protocol", protocol, "--cpus", str(cpus), "--memory", memory, "--timeout", "60", timeout=120)
     assert p.returncode == 0, (p.stdout.decode()[-2000:], p.stderr.decode())
     assert b"PROBE PASS" in p.stdout

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
+from support import probe_elf
 
 from pvhboot.errors import ConfigError
 from pvhboot.vmm import MicroVM
@@ -14,14 +14,7 @@ pytestmark = pytest.mark.kvm
 
 @pytest.fixture(scope="module")
 def probe():
-    try:
-        from pvhboot.probe import probe_path
-        path = probe_path()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"the built-in probe is not available ({type(e).__name__}: {e})")
-    if not os.path.exists(path):
-        pytest.skip(f"the built-in probe {path} has not been built")
-    return str(path)
+    return probe_elf()
 
 
 @pytest.mark.parametrize("cpus", [1, 2])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 
 from ..errors import ConfigError
@@ -34,3 +35,14 @@ def write_atomically(path: str, chunks) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def emit_report(report: dict, as_json: bool, print_human) -> None:
+    """``--json``: the report as indented JSON on stdout; otherwise ``print_human(report)`` (rich)."""
+    if as_json:
+        import json
+
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_human(report)

@@ -1,10 +1,9 @@
 """`pvhboot inspect KERNEL [--json]`: what is this kernel file, and how can it be booted?"""
 from __future__ import annotations
 
-import sys
-
 from ..abi.xen_notes import DESCRIPTIONS, PHYS32_RELOC_FIELDS, XEN_ELFNOTE
 from ..image import STARTUP_64_OFFSET, KernelImage, load_kernel
+from ._util import emit_report
 
 
 def add_parser(subparsers):
@@ -19,13 +18,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     kernel = load_kernel(args.kernel)
     report = build_report(kernel)
-    if args.json:
-        import json
-
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_report(report)
+    emit_report(report, args.json, print_report)
     return 0
 
 

@@ -3,14 +3,12 @@ the builder's dry run -- the memory map the guest would be told and where every 
 Nothing is mapped or written."""
 from __future__ import annotations
 
-import sys
-
 from ..abi.e820 import E820Type
 from ..boot import PROTOCOLS, BootConfig, plan_guest
 from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
-from ._util import parse_size
+from ._util import emit_report, parse_size
 
 
 def add_parser(subparsers):
@@ -88,11 +86,5 @@ def run(args) -> int:
                         protocol=resolve_protocol(kernel, args.protocol))
     plan = plan_guest(kernel, config)
     report = build_report(kernel, config, plan)
-    if args.json:
-        import json
-
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_report(report)
+    emit_report(report, args.json, print_report)
     return 0
