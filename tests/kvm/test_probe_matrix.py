@@ -11,11 +11,9 @@ import dataclasses
 import pytest
 
 from pvhboot.probe.report import parse_report
+from pvhboot.vmm import MicroVM
 
 pytestmark = pytest.mark.kvm
-
-vmm = pytest.importorskip("pvhboot.vmm", reason="pvhboot.vmm (the microVM runtime) is not available")
-MicroVM = vmm.MicroVM
 
 MIB, GIB = 1 << 20, 1 << 30
 MAX_CMDLINE = 2047  # COMMAND_LINE_SIZE - 1: what pvhboot allows for an ELF kernel without a setup header
