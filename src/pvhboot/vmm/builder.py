@@ -269,7 +269,6 @@ class Machine:
                 self._wait_delivering(coalesced)
         except KeyboardInterrupt:
             interrupted = True
-            ctl.stop("quit", 130)
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
@@ -301,12 +300,9 @@ class Machine:
             try:
                 coalesced.deliver()
             except Exception as e:  # a device bug ends the VM with a report, as on a vCPU thread
-                import traceback
+                from .crash import vmm_error
 
-                from .crash import CrashInfo
-
-                ctl.stop("crash", crash=CrashInfo(kind="vmm error", vcpu=0,
-                                                  detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+                ctl.stop("crash", crash=vmm_error(0, e))
                 return
 
     def _exit_record(self, wall: float, stuck: list[int]) -> VmExit:

@@ -54,6 +54,15 @@ class CrashInfo:
     snapshots: list[VcpuSnapshot] = field(default_factory=list)
 
 
+def vmm_error(vcpu: int, exc: BaseException) -> CrashInfo:
+    """A device or VMM bug caught on a vCPU thread or the VMM's waiting thread: the VM ends with
+    this report instead of hanging."""
+    import traceback
+
+    return CrashInfo(kind="vmm error", vcpu=vcpu,
+                     detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+
 def rip_linear(regs: abi.kvm_regs, sregs: abi.kvm_sregs) -> int:
     """CS.base + RIP (in 64-bit mode the CS base is ignored, SDM 3.4.4)."""
     if sregs.efer & EFER_LMA and sregs.cs.l:

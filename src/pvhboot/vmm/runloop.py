@@ -128,7 +128,6 @@ class CoalescedWrites:
         self._ring = ring
         self._pio, self._mmio = pio_bus, mmio_bus
         self._lock = threading.Lock()
-        self.pending = ring.pending
         self.delivered = 0  # writes delivered so far (tests and benchmarks read it)
 
     def deliver(self) -> int:
@@ -153,12 +152,9 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced
             return
         run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, coalesced)
     except BaseException as e:  # a device or VMM bug must not hang the VMM: end the VM with a report
-        import traceback
+        from .crash import vmm_error
 
-        from .crash import CrashInfo
-
-        ctl.stop("crash", crash=CrashInfo(kind="vmm error", vcpu=vcpu.index,
-                                          detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        ctl.stop("crash", crash=vmm_error(vcpu.index, e))
 
 
 def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: CoalescedWrites | None = None) -> None:
