@@ -180,7 +180,7 @@ class Machine:
         supported = self.kvm.supported_cpuid()
         for i in range(self.cpus):
             vcpu = self.vm.create_vcpu(i)
-            setup_vcpu_common(vcpu, supported, self.cpus)
+            setup_vcpu_common(vcpu, supported, self.cpus, pv_clock=not self.on_kvm_pvm)
         setup_boot_vcpu(self.vm.vcpus[0], boot_state)
         self.ctl.vcpus = list(self.vm.vcpus)
 
