@@ -13,6 +13,13 @@ from .cpu_state import CpuState
 PROTOCOLS = ("pvh", "linux32", "linux64")
 
 
+def resolve_protocol(kernel, requested: str) -> str:
+    """auto: PVH when the kernel has the PHYS32_ENTRY note, else the 64-bit Linux protocol."""
+    if requested != "auto":
+        return requested
+    return "pvh" if kernel.entries.pvh is not None else "linux64"
+
+
 @dataclass(frozen=True)
 class BootConfig:
     memory: int = 512 << 20  # bytes of guest RAM

@@ -4,7 +4,7 @@ Nothing is mapped or written."""
 from __future__ import annotations
 
 from ..abi.e820 import E820Type
-from ..boot import PROTOCOLS, BootConfig, plan_guest
+from ..boot import PROTOCOLS, BootConfig, plan_guest, resolve_protocol
 from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
@@ -27,12 +27,6 @@ def add_parser(subparsers):
                         "else linux64)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
-
-
-def resolve_protocol(kernel, protocol: str) -> str:
-    if protocol != "auto":
-        return protocol
-    return "pvh" if kernel.entries.pvh is not None else "linux64"
 
 
 def build_report(kernel, config: BootConfig, plan) -> dict:

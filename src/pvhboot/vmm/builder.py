@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..abi import kvm as abi
+from ..boot.config import resolve_protocol
 from ..boot.cpu_state import CpuState
 from ..errors import ConfigError, KvmError
 from ..memory import layout
@@ -413,12 +414,7 @@ class MicroVM:
                         pass
             self.image = None
 
-    @staticmethod
-    def resolve_protocol(image, requested: str) -> str:
-        """auto: PVH when the kernel has the PHYS32_ENTRY note, else the 64-bit Linux protocol."""
-        if requested != "auto":
-            return requested
-        return "pvh" if image.entries.pvh is not None else "linux64"
+    resolve_protocol = staticmethod(resolve_protocol)  # the boot layer's rule (bench calls it here)
 
     def build(self) -> Machine:
         """Load the kernel and boot structures and assemble the Machine (no guest code runs yet)."""
