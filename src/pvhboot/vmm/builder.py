@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, field
 from ..abi import kvm as abi
 from ..boot.config import resolve_protocol
 from ..boot.cpu_state import CpuState
+from ..boot.plan import MAX_CPUS  # xAPIC ids are 8 bits; the MADT lists xAPIC entries
 from ..errors import ConfigError, KvmError
 from ..memory import layout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
 from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
 REASONS = ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")
-MAX_CPUS = 255  # xAPIC ids are 8 bits; the MADT pvhboot writes lists xAPIC entries
 
 
 @dataclass
