@@ -16,6 +16,8 @@ u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_u
 HDRS_MAGIC = 0x53726448
 BOOT_FLAG_MAGIC = 0xAA55
 SETUP_HEADER_OFFSET = 0x1F1
+# boot.rst "64-bit BOOT PROTOCOL": startup_64 is 0x200 bytes into the protected-mode kernel.
+STARTUP_64_OFFSET = 0x200
 
 
 class LoadFlags(enum.IntFlag):

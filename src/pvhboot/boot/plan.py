@@ -16,7 +16,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-from ..abi.bootparam import HDRS_MAGIC, SETUP_HEADER_OFFSET, XLoadFlags, setup_header
+from ..abi.bootparam import HDRS_MAGIC, SETUP_HEADER_OFFSET, STARTUP_64_OFFSET, XLoadFlags, setup_header
 from ..abi.e820 import E820Type
 from ..abi.start_info import HVM_START_INFO_V0_SIZE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
 from ..errors import BootError, ConfigError, LayoutError
@@ -29,7 +29,6 @@ MIN_MEMORY = 2 * L.MiB  # the low structures plus the smallest kernel at HIMEM_S
 DEFAULT_INITRD_ADDR_MAX = 0x37FFFFFF
 # A vmlinux has no setup header: the x86_64 kernel's own header says 0x7fffffff (header.S).
 VMLINUX_INITRD_ADDR_MAX = 0x7FFFFFFF
-BZIMAGE_64BIT_ENTRY_OFFSET = 0x200  # boot.rst: the 64-bit entry is the load address + 0x200
 
 
 def format_size(n: int) -> str:
@@ -131,7 +130,7 @@ def kernel_blobs(kernel, protocol: str) -> tuple[list[KernelBlob], int]:
             base = _align_up(load, align) if hdr.relocatable_kernel else hdr.pref_address
             base = max(base, hdr.pref_address)
         end = max(load + pm_size, base + (hdr.init_size or 0))
-        entry = load + (BZIMAGE_64BIT_ENTRY_OFFSET if protocol == "linux64" else 0)
+        entry = load + (STARTUP_64_OFFSET if protocol == "linux64" else 0)
         return [KernelBlob("kernel", load, bz.setup_size, pm_size, end - load, bz.data, False)], entry
     elf = kernel.elf
     if elf is None:

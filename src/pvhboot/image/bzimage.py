@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import ctypes
 
-from ..abi.bootparam import BOOT_FLAG_MAGIC, HDRS_MAGIC, SETUP_HEADER_OFFSET, XLoadFlags, setup_header
+from ..abi.bootparam import (
+    BOOT_FLAG_MAGIC,
+    HDRS_MAGIC,
+    SETUP_HEADER_OFFSET,
+    STARTUP_64_OFFSET,
+    XLoadFlags,
+    setup_header,
+)
 from ..errors import ImageError
 from .decompress import decompress_payload, detect_compression
 from .elf import parse_elf
 from .model import BzImage
 
-# boot.rst "64-bit BOOT PROTOCOL": startup_64 is 0x200 bytes into the protected-mode kernel.
-STARTUP_64_OFFSET = 0x200
 # boot.rst: the protected-mode kernel is loaded at 0x100000 unless the loader relocates it.
 DEFAULT_LOAD_ADDRESS = 0x100000
 # boot.rst: payload_offset / payload_length exist from protocol 2.08.
