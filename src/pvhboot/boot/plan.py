@@ -94,23 +94,9 @@ def initrd_addr_limit(kernel, protocol: str) -> int:
     return VMLINUX_INITRD_ADDR_MAX + 1
 
 
-def _require_entry(kernel, protocol: str) -> int:
-    req = getattr(kernel, "require_entry", None)
-    if req is not None:
-        return req(protocol)
-    entry = getattr(kernel.entries, protocol)
-    if entry is None:
-        if protocol == "pvh":
-            raise BootError(
-                f"{kernel.path}: no PVH entry (Xen ELF note XEN_ELFNOTE_PHYS32_ENTRY); build the "
-                "kernel with CONFIG_PVH=y or use --protocol linux64")
-        raise BootError(f"{kernel.path}: the kernel has no {protocol} entry point")
-    return entry
-
-
 def kernel_blobs(kernel, protocol: str) -> tuple[list[KernelBlob], int]:
     """Where the kernel's bytes go for ``protocol``, and the entry address."""
-    entry = _require_entry(kernel, protocol)
+    entry = kernel.require_entry(protocol)  # BootError naming the fix when there is none
     if protocol in ("linux32", "linux64") and kernel.bzimage is not None:
         bz = kernel.bzimage
         hdr = bzimage_setup_header(kernel)
