@@ -15,7 +15,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from ..errors import ImageError
-from .elf import _PARSE_ERRORS, _stream
+from .elf import _PARSE_ERRORS, ELF_MAGIC, _stream
 from .model import ElfImage
 
 _TEXT_TYPES = frozenset("tTwW")
@@ -130,4 +130,4 @@ def load_symbols(path: str | os.PathLike) -> SymbolTable:
             magic = f.read(4)
     except OSError as e:
         raise ImageError(f"cannot read symbol file {os.fspath(path)}: {e.strerror or e}") from None
-    return SymbolTable.from_elf(path) if magic == b"\x7fELF" else SymbolTable.from_system_map(path)
+    return SymbolTable.from_elf(path) if magic == ELF_MAGIC else SymbolTable.from_system_map(path)
