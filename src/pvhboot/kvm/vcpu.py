@@ -88,10 +88,6 @@ class Vcpu:
             raise KvmError(f"vCPU {self.index}: {name} failed: {e.strerror} (errno {e.errno})") from None
 
     @property
-    def exit_reason(self) -> int:
-        return struct.unpack_from("<I", self.run_view, abi.KVM_RUN_EXIT_REASON)[0]
-
-    @property
     def immediate_exit(self) -> bool:
         return bool(self.run_view[abi.KVM_RUN_IMMEDIATE_EXIT])
 
