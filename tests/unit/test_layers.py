@@ -38,8 +38,9 @@ ALLOWED: dict[str, set[str]] = {
             "vmm", "commands"},
     "__main__": {"cli"},
     # The nested-rig builder is an application of its own (`python -m pvhboot.rig`), beside the CLI:
-    # it reuses commands.run's guest-initramfs writer and hashes that module's source into its cache key.
-    "rig": {"initramfs", "errors", "commands"},
+    # it reuses commands.run's guest-initramfs writer and hashes that module's source into its cache key,
+    # and extracts the outer kernel with image/ (QEMU's microvm PVH loader takes an ELF, not a bzImage).
+    "rig": {"initramfs", "errors", "commands", "image"},
 }
 # devices know the guest's physical layout, never GuestMemory itself.
 DEVICES_MEMORY = {"pvhboot.memory.layout"}

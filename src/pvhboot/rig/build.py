@@ -27,7 +27,6 @@ import importlib.util
 import lzma
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -345,25 +344,24 @@ def build_rig(*, rebuild: bool = False, log=None) -> Path:
 
 
 def outer_kernel() -> Path:
-    """The cloud kernel as an ELF vmlinux for QEMU microvm's PVH loader: the file tests/conftest.py
-    writes, else extracted here (pvhboot.image when it can, else the lz4 tool)."""
+    """The cloud kernel as an ELF vmlinux for QEMU microvm's PVH loader (QEMU takes no bzImage
+    there): the file tests/conftest.py writes, else decompressed here by pvhboot.image (any codec)."""
+    from ..errors import ImageError
+    from ..image import load_kernel
+
     bz = find_bzimage(find_kernel_dir())
     out = KERNEL_CACHE / (bz.name + ".vmlinux")
     if out.exists():
         return out
+    try:
+        elf = load_kernel(str(bz)).elf
+    except ImageError as e:
+        raise RigBuildError(f"cannot extract the outer kernel: {e}") from e
+    if elf is None:
+        raise RigBuildError(f"{bz}: no ELF payload to boot the rig with")
     tmp = out.with_suffix(".tmp-rig")
-    data = bz.read_bytes()
-    setup_sects = data[0x1F1] or 4
-    pm_start = (setup_sects + 1) * 512
-    payload_offset = int.from_bytes(data[0x248:0x24C], "little")
-    payload_length = int.from_bytes(data[0x24C:0x250], "little")
-    payload = data[pm_start + payload_offset: pm_start + payload_offset + payload_length]
-    if payload[:4] != b"\x02\x21\x4c\x18":
-        raise RigBuildError(f"{bz}: payload is not lz4 legacy; extract it with `pvhboot extract`")
-    if not shutil.which("lz4"):
-        raise RigBuildError("the lz4 tool is missing (apt-get install lz4)")
-    with open(tmp, "wb") as f:  # the kernel appends the decompressed size (u32): drop it
-        subprocess.run(["lz4", "-dc"], input=payload[:-4], stdout=f, check=True)
+    with open(tmp, "wb") as f:
+        f.write(elf.data)
     os.replace(tmp, out)
     return out
 
