@@ -59,7 +59,12 @@ def run_case(case: dict) -> dict:
                 time.sleep(0.5)  # let the guest reach its read()
                 os.write(master, case["input"].encode())
                 sent = True
-    rc = proc.wait()
+    try:  # output closed: the process should be exiting; never wait for ever
+        rc = proc.wait(timeout=max(deadline - time.monotonic(), 5))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        rc = proc.wait()
     if master is not None:
         os.close(master)
     return {"name": case["name"], "rc": rc, "timed_out": timed_out,

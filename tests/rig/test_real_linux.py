@@ -24,6 +24,7 @@ import pytest
 from pvhboot.commands.run import write_run_initramfs
 from pvhboot.rig import RigError, run_in_rig
 from pvhboot.rig.build import CACHE_DIR
+from pvhboot.rig.launch import CONSOLE_LOG
 
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
 
@@ -55,7 +56,7 @@ def _check_initrd() -> bytes:
     return buf.getvalue()
 
 
-def _boot(name, kernel, protocol, cpus, cmdline, initrd="/rig/work/check.cpio", timeout=240, **extra):
+def _boot(name, kernel, protocol, cpus, cmdline, initrd="/rig/work/check.cpio", timeout=90, **extra):
     argv = ["pvhboot", "boot", kernel, "--initrd", initrd, "--cmdline", cmdline,
             "--memory", f"{MEMORY >> 20}M", "--cpus", str(cpus), "--protocol", protocol,
             "--timeout", str(timeout), "--events-json", f"/tmp/{name}.json"]
@@ -76,8 +77,8 @@ CASES = [
     # Without panic=, the kernel spins in panic(): --timeout stops it with a report.
     _boot("panic-timeout", "/tmp/vmlinux", "pvh", 1, "console=ttyS0 quiet rdinit=/nonexistent",
           initrd="/rig/guest/hello.cpio", timeout=15),
-    {"name": "run", "timeout": 300, "marks": ["run-says-hi"],
-     "argv": ["pvhboot", "run", "--memory", "128M", "--timeout", "240", "--",
+    {"name": "run", "timeout": 150, "marks": ["run-says-hi"],
+     "argv": ["pvhboot", "run", "--memory", "128M", "--timeout", "90", "--",
               "sh", "-c", "echo run-says-hi; echo \"args=[$0]\"; exit 7", "a b"]},
 ]
 
@@ -91,9 +92,11 @@ def inner() -> dict:
               "python3 /rig/work/inner_checks.py /rig/work/cases.json\n")
     start = time.monotonic()
     try:
-        res = run_in_rig(script, timeout=900, files=files)
+        # Below pytest's own 600 s timeout, so that a hang ends in the rig's diagnosis (the last
+        # console lines) rather than a bare pytest-timeout; each inner boot takes ~6-8 s.
+        res = run_in_rig(script, timeout=480, files=files)
     except RigError as e:
-        pytest.fail(f"the rig did not run the inner boots: {e}")
+        pytest.fail(f"the rig did not run the inner boots: {e}\n(whole console: {CONSOLE_LOG})")
     results = {}
     for line in res.output.splitlines():
         if line.startswith("INNER-RESULT "):

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from .build import CACHE_DIR, build_rig, outer_kernel, write_command_archive
 
+# The whole console of the latest rig run (see _run_qemu).
+CONSOLE_LOG = CACHE_DIR / "last-console.log"
+
 QEMU = "qemu-system-x86_64"
 # loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
 OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off"
@@ -121,16 +124,23 @@ def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
     lines: list[str] = []
     stages: dict[str, float] = {}
 
+    # Every console line also goes to CONSOLE_LOG, so a run that a test harness kills still leaves
+    # its whole console behind.
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+
     def reader() -> None:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
-            lines.append(line)
-            for tag in ("RIG-STAGE", "RIG-READY", "RIG-BEGIN", "RIG-RESULT", "RIG-FAIL"):
-                if tag in line and tag not in stages:
-                    stages[tag] = time.monotonic() - start
-            if echo:
-                echo(line)
+        with open(CONSOLE_LOG, "w", encoding="utf-8", errors="replace") as log:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+                lines.append(line)
+                log.write(line + "\n")
+                log.flush()
+                for tag in ("RIG-STAGE", "RIG-READY", "RIG-BEGIN", "RIG-RESULT", "RIG-FAIL"):
+                    if tag in line and tag not in stages:
+                        stages[tag] = time.monotonic() - start
+                if echo:
+                    echo(line)
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
