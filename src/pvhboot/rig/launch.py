@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +24,8 @@ from .build import CACHE_DIR, build_rig, outer_kernel, write_command_archive
 
 # The whole console of the latest rig run (see _run_qemu).
 CONSOLE_LOG = CACHE_DIR / "last-console.log"
+# The rig reports RIG-READY ~3.3 s after QEMU starts here; 90 s means it is stuck, not slow.
+READY_TIMEOUT_S = 90.0
 
 QEMU = "qemu-system-x86_64"
 # loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
@@ -51,6 +54,14 @@ class RigError(RuntimeError):
     def __init__(self, message: str, console: str = "") -> None:
         super().__init__(message)
         self.console = console
+
+
+class RigNotReady(RigError):
+    """The outer kernel showed no sign of life in time (run_in_rig retries once)."""
+
+    def __init__(self, message: str, console: str, waited: float) -> None:
+        super().__init__(message, console)
+        self.waited = waited
 
 
 @dataclass
@@ -91,12 +102,15 @@ def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool,
 
 
 def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, bytes] | None = None,
-               memory: str = "3G", rebuild: bool = False, echo=None) -> RigResult:
+               memory: str = "3G", rebuild: bool = False, echo=None,
+               ready_timeout: float = READY_TIMEOUT_S) -> RigResult:
     """Run ``cmd`` (argv list, or a shell script as one string) inside the rig as root.
 
     ``files`` maps guest paths ("rig/work/t.py") to contents placed beside the command.
     ``echo(line)`` receives every console line as it arrives (for progress output).
-    Raises :class:`RigError` when the rig does not come up or the command does not finish."""
+    Raises :class:`RigError` when the rig does not come up or the command does not finish.  A rig
+    that shows no sign of life (no RIG-READY, no failure, no panic) within ``ready_timeout`` seconds
+    is started once more."""
     if not shutil.which(QEMU):
         raise RigError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
     script = cmd if isinstance(cmd, str) else shlex.join(cmd)
@@ -114,10 +128,18 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
         argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", "1",
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
                 "-nographic", "-no-reboot", "-monitor", "none"]
-        return _run_qemu(argv, timeout, echo)
+        try:
+            return _run_qemu(argv, timeout, echo, ready_timeout)
+        except RigNotReady as first:
+            # The outer kernel under TCG (rarely) stalls before kvm_amd is up — an infrastructure
+            # failure that says nothing about pvhboot: keep its console and try once more.
+            shutil.copyfile(CONSOLE_LOG, CONSOLE_LOG.with_name("last-console-not-ready.log"))
+            print(f"rig: {str(first).splitlines()[0]}; retrying once "
+                  f"(console kept in {CONSOLE_LOG.with_name('last-console-not-ready.log')})", file=sys.stderr)
+            return _run_qemu(argv, max(timeout - first.waited, ready_timeout), echo, ready_timeout)
 
 
-def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
+def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float) -> RigResult:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -145,13 +167,23 @@ def _run_qemu(argv: list[str], timeout: float, echo) -> RigResult:
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     timed_out = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.kill()
-        proc.wait()
+    not_ready = False
+    while proc.poll() is None:
+        elapsed = time.monotonic() - start
+        if elapsed >= timeout:
+            timed_out = True
+        elif elapsed >= ready_timeout and not stages.keys() & {"RIG-READY", "RIG-FAIL"}:
+            not_ready = True
+        if timed_out or not_ready:
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.2)
     t.join(5)
+    if not_ready and not any("Kernel panic" in ln or "Out of memory" in ln for ln in lines):
+        raise RigNotReady(f"rig not ready (no RIG-READY) after {ready_timeout:.0f} s: "
+                          + _diagnose(lines, True, ready_timeout, False), "\n".join(lines),
+                          time.monotonic() - start)
     wall = time.monotonic() - start
     console = "\n".join(lines)
     begin = next((i for i, ln in enumerate(lines) if ln.startswith("RIG-BEGIN")), None)
