@@ -186,12 +186,20 @@ class kvm_run_system_event(ctypes.Structure):  # KVM_EXIT_SYSTEM_EVENT
     _fields_ = [("type", u32), ("ndata", u32), ("data", u64 * 16)]
 
 
+class kvm_debug_exit_arch(ctypes.Structure):  # KVM_EXIT_DEBUG (asm/kvm.h, x86)
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
+check_layout(kvm_debug_exit_arch, 32, exception=0, pad=4, pc=8, dr6=16, dr7=24)
+
+
 class kvm_run_exit_union(ctypes.Union):
     _fields_ = [
         ("hw", kvm_run_hw),
         ("fail_entry", kvm_run_fail_entry),
         ("ex", kvm_run_ex),
         ("io", kvm_run_io),
+        ("debug", kvm_debug_exit_arch),  # struct { struct kvm_debug_exit_arch arch; } debug
         ("mmio", kvm_run_mmio),
         ("internal", kvm_run_internal),
         ("system_event", kvm_run_system_event),
@@ -336,6 +344,7 @@ class KvmCap(enum.IntEnum):
     X2APIC_API = 129
     IMMEDIATE_EXIT = 136
     COALESCED_PIO = 162
+    SET_GUEST_DEBUG2 = 195  # the KVM_GUESTDBG_* control bits this KVM accepts
 
 
 # --- arch/x86/include/uapi/asm/kvm.h structures ---
@@ -449,6 +458,29 @@ def kvm_msrs_with(n: int) -> type[ctypes.Structure]:
         "_fields_": [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * n)]})
 
 
+class kvm_guest_debug_arch(ctypes.Structure):
+    """asm/kvm.h: DR0-DR3 addresses, DR6, DR7 (debugreg[4], [5] unused) while USE_HW_BP is set."""
+
+    _fields_ = [("debugreg", u64 * 8)]
+
+
+class kvm_guest_debug(ctypes.Structure):
+    """kvm.h, for KVM_SET_GUEST_DEBUG (api.rst 4.61)."""
+
+    _fields_ = [("control", u32), ("pad", u32), ("arch", kvm_guest_debug_arch)]
+
+
+check_layout(kvm_guest_debug, 72, control=0, pad=4, arch=8)
+
+# kvm.h KVM_GUESTDBG_ENABLE/SINGLESTEP and asm/kvm.h (x86) KVM_GUESTDBG_USE_* / INJECT_* / BLOCKIRQ
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000  # #BP (int3) exits to user space
+KVM_GUESTDBG_USE_HW_BP = 0x00020000  # debugreg[] replace the guest's DR0-3/DR7; #DB exits
+KVM_GUESTDBG_INJECT_DB = 0x00040000  # deliver a #DB to the guest on the next entry
+KVM_GUESTDBG_INJECT_BP = 0x00080000  # deliver a #BP to the guest on the next entry
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000  # no interrupt injection while single-stepping
+
 # --- ioctl numbers (kvm.h) ---
 # system ioctls (on the /dev/kvm fd)
 KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
@@ -483,6 +515,7 @@ KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, kvm_cpuid2)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9B, kvm_guest_debug)
 
 
 # --- MSR indices (arch/x86/include/asm/msr-index.h) that a VMM sets before boot ---

@@ -33,7 +33,28 @@ def add_parser(subparsers):
                    help="make every write to COM1's THR a full VM exit (by default THR is a coalesced "
                         "PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
     p.add_argument("--events-json", metavar="FILE", help="write the exit record and boot markers as JSON")
+    add_gdb_options(p)
     return p
+
+
+def add_gdb_options(p) -> None:
+    """--gdb/--gdb-wait (shared by boot, run and conformance; see pvhboot.vmm.gdbstub)."""
+    p.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol on PORT (localhost unless HOST is given; 0: any free "
+                        "port, printed on stderr): `target remote :PORT` in gdb")
+    p.add_argument("--gdb-wait", action="store_true",
+                   help="with --gdb: stop every vCPU before its first instruction until gdb continues")
+
+
+def gdb_options(args) -> dict:
+    """The MicroVM keyword arguments for --gdb/--gdb-wait; --gdb-wait alone is a user error."""
+    if args.gdb_wait and args.gdb is None:
+        raise ConfigError("--gdb-wait needs --gdb [HOST:]PORT")
+    if args.gdb is not None:
+        from ..vmm.gdbstub import parse_address
+
+        parse_address(args.gdb)  # a bad address is the user's error before anything is built
+    return {"gdb": args.gdb, "gdb_wait": args.gdb_wait}
 
 
 def run(args) -> int:
@@ -53,7 +74,7 @@ def run(args) -> int:
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
                  protocol=args.protocol, timeout=args.timeout, symbols=args.symbols,
-                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart) as vm:
+                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart, **gdb_options(args)) as vm:
         record = vm.run()
     if args.events_json:
         write_atomically(args.events_json, [record.to_json_bytes()])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
+from . import boot
 from ._util import parse_size
 
 PLACEHOLDER = "{probe}"
@@ -37,6 +38,7 @@ def add_parser(subparsers):
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    boot.add_gdb_options(p)
     p.add_argument("vmm", nargs="*", metavar="-- VMM COMMAND", help=f"another VMM's command line with {PLACEHOLDER}")
     return p
 
@@ -53,7 +55,8 @@ def run_under_pvhboot(args) -> tuple[bytes, str]:
         except OSError as e:
             raise ConfigError(f"cannot read --initrd {args.initrd}: {e.strerror}") from None
     with MicroVM(None, initrd=args.initrd, cmdline=args.cmdline, memory=parse_size(args.memory),
-                 cpus=args.cpus, protocol=args.protocol, console=None, timeout=args.timeout) as vm:
+                 cpus=args.cpus, protocol=args.protocol, console=None, timeout=args.timeout,
+                 **boot.gdb_options(args)) as vm:
         record = vm.run()
     if record.crash_report:
         sys.stderr.write(record.crash_report)

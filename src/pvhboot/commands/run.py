@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import boot
 from ._util import parse_size
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
@@ -224,6 +225,7 @@ def add_parser(subparsers):
                    help="copy a host file into the guest (default: same path)")
     p.add_argument("--initramfs-out", metavar="FILE",
                    help="write the generated initramfs to FILE and exit without booting")
+    boot.add_gdb_options(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     return p
 
@@ -253,6 +255,7 @@ def run(args) -> int:
         write_run_initramfs(buf, cmd, busybox=busybox, files=files)
         write_atomically(args.initramfs_out, [buf.getvalue()])
         return 0
+    boot.gdb_options(args)  # validated before any work
     kernel = Path(args.kernel) if args.kernel else find_kernel()
     if not kernel.is_file():
         raise ConfigError(f"kernel {str(kernel)!r} is not a file")
@@ -274,7 +277,8 @@ def run(args) -> int:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
         vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
                      cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
+                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty(),
+                     **boot.gdb_options(args))
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status

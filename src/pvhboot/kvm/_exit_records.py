@@ -88,6 +88,17 @@ class ExceptionExit:
 
 
 @dataclass(frozen=True)
+class DebugExit:
+    """KVM_EXIT_DEBUG (asm/kvm.h struct kvm_debug_exit_arch): the vector (1 #DB, 3 #BP), the linear
+    address of the stopping instruction (CS base + RIP) and DR6/DR7 as KVM saw them."""
+
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(frozen=True)
 class SimpleExit:
     """An exit with no payload pvhboot reads (HLT, SHUTDOWN, INTR, IRQ_WINDOW_OPEN, ...)."""
 
@@ -107,5 +118,5 @@ class UnknownExit:
     hardware_exit_reason: int
 
 
-ExitRecord = (IoExit | MmioExit | InternalErrorExit | FailEntryExit | SystemEventExit | ExceptionExit | SimpleExit
-              | UnknownExit)
+ExitRecord = (IoExit | MmioExit | InternalErrorExit | FailEntryExit | SystemEventExit | ExceptionExit | DebugExit
+              | SimpleExit | UnknownExit)

@@ -22,10 +22,11 @@ _INTERNAL = struct.Struct("<II16Q")  # suberror, ndata, data[16]
 _FAIL = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
 _SYSEV = struct.Struct("<II16Q")  # type, ndata, data[16] (flags == data[0] in older headers)
 _EX = struct.Struct("<II")
+_DEBUG = struct.Struct("<I4xQQQ")  # kvm_debug_exit_arch: exception, pad, pc, dr6, dr7
 
 
 _RECORD_NAMES = ("IoExit", "MmioExit", "InternalErrorExit", "FailEntryExit", "SystemEventExit",
-                 "ExceptionExit", "SimpleExit", "UnknownExit", "ExitRecord")
+                 "ExceptionExit", "DebugExit", "SimpleExit", "UnknownExit", "ExitRecord")
 
 
 def __getattr__(name: str):
@@ -44,6 +45,7 @@ def exit_reason(run: bytes | bytearray | memoryview) -> int:
 def decode_exit(run: bytes | bytearray | memoryview) -> tuple[int, ExitRecord]:
     """(exit_reason, record) for the kvm_run contents ``run`` (at least the 304-byte header+union)."""
     from ._exit_records import (
+        DebugExit,
         ExceptionExit,
         FailEntryExit,
         InternalErrorExit,
@@ -71,6 +73,8 @@ def decode_exit(run: bytes | bytearray | memoryview) -> tuple[int, ExitRecord]:
         return reason, SystemEventExit(typ, min(ndata, 16), tuple(data))
     if reason == K.EXCEPTION:
         return reason, ExceptionExit(*_EX.unpack_from(run, _U))
+    if reason == K.DEBUG:
+        return reason, DebugExit(*_DEBUG.unpack_from(run, _U))
     if reason == K.UNKNOWN:
         return reason, UnknownExit(reason, struct.unpack_from("<Q", run, _U)[0])
     return reason, SimpleExit(reason)

@@ -143,6 +143,14 @@ class Vcpu:
             return None
         return t.physical_address if t.valid else None
 
+    def set_guest_debug(self, control: int, debugreg: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG (api.rst): ``control`` is KVM_GUESTDBG_* bits; ``debugreg`` DR0-DR3,
+        (DR4, DR5 unused,) DR6, DR7 for KVM_GUESTDBG_USE_HW_BP.  From this vCPU's thread, outside KVM_RUN."""
+        dbg = abi.kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg[:8]):
+            dbg.arch.debugreg[i] = value
+        self._call("KVM_SET_GUEST_DEBUG", abi.KVM_SET_GUEST_DEBUG, dbg)
+
     # --- MSRs ---
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS: {index: value} for the MSRs KVM could read (it stops at the first failure)."""

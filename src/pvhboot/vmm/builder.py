@@ -89,7 +89,8 @@ class Machine:
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
-                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
+                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True,
+                 gdb: str | None = None, gdb_wait: bool = False):
         from ..kvm import Kvm, is_kvm_pvm
 
         if not 1 <= cpus <= MAX_CPUS:
@@ -126,12 +127,17 @@ class Machine:
         self.serial = None
         self._console_input = None
         self._ran = False
+        self.gdb = None  # the GDB stub (gdbstub.GdbStub) when ``gdb`` names [HOST:]PORT
         try:
             self.kvm = Kvm(kvm_path)
             self.vm = self.kvm.create_vm()
             self._setup_vm(irqchip)
             self._setup_devices(irqchip)
             self._setup_vcpus(boot_state)
+            if gdb is not None:
+                from .gdbstub import GdbStub
+
+                self.gdb = GdbStub(self, gdb, wait=gdb_wait)
         except BaseException:
             self.close()
             raise
@@ -261,6 +267,8 @@ class Machine:
         t0 = time.monotonic()
         interrupted = False
         try:
+            if self.gdb is not None:
+                self.gdb.start()  # before the vCPUs: with --gdb-wait they park before any instruction
             for t in threads:
                 t.start()
             if coalesced is None:
@@ -273,6 +281,8 @@ class Machine:
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
+            if self.gdb is not None:
+                self.gdb.close()
             if coalesced is not None:  # writes queued after the last exit
                 coalesced.deliver()
             wall = time.monotonic() - t0
@@ -334,6 +344,9 @@ class Machine:
 
     # --- teardown ---
     def close(self) -> None:
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
         if self._console_input is not None:
             self._console_input.stop()
             self._console_input = None
@@ -371,7 +384,7 @@ class MicroVM:
     def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
                  memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
                  timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False,
-                 coalesced_uart: bool = True):
+                 coalesced_uart: bool = True, gdb: str | None = None, gdb_wait: bool = False):
         from ..boot.config import PROTOCOLS
 
         if protocol not in ("auto", *PROTOCOLS):
@@ -386,6 +399,7 @@ class MicroVM:
         self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
         self.stdin = stdin
         self.coalesced_uart = coalesced_uart  # see Machine
+        self.gdb, self.gdb_wait = gdb, gdb_wait  # see Machine
         self.image = None
         self.loaded = None
         self.mem = None
@@ -444,7 +458,8 @@ class MicroVM:
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
                                    timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart)
+                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart,
+                                   gdb=self.gdb, gdb_wait=self.gdb_wait)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise

@@ -42,6 +42,7 @@ _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 _EXIT_IO_CODE = int(abi.KvmExit.IO)
 _EXIT_MMIO_CODE = int(abi.KvmExit.MMIO)
 _EXIT_INTR_CODE = int(abi.KvmExit.INTR)
+_EXIT_DEBUG_CODE = int(abi.KvmExit.DEBUG)
 _OUT = abi.KVM_EXIT_IO_OUT
 # Offset of the coalesced MMIO/PIO ring page in a vCPU's mapping (asm/kvm.h, x86: page 2).
 _RING_PAGE = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
@@ -87,6 +88,10 @@ class VmControl:
         self.request: StopRequest | None = None
         self.done = threading.Event()
         self.lock = threading.Lock()
+        # The debugger hook (pvhboot.vmm.gdbstub.GdbStub) or None: run_vcpu calls
+        # debug.on_kick(vcpu) after a kick (EINTR / KVM_EXIT_INTR) that is not a stop, so the stub can
+        # park the vCPU thread, and debug.on_debug_exit(vcpu, record) -> keep running, on KVM_EXIT_DEBUG.
+        self.debug = None
 
     def stop(self, reason: str, exit_code: int = 0, crash: object | None = None) -> bool:
         """Ask every vCPU to stop.  The first request wins (True); later ones are ignored (False)."""
@@ -178,6 +183,8 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
                     # EINTR: kicked (or immediate_exit); EAGAIN: an AP woken by INIT (platform.md).
                     if ctl.stopping:
                         return
+                    if ctl.debug is not None:
+                        ctl.debug.on_kick(vcpu)  # parks here while a debugger holds the VM stopped
                     continue
                 raise
             if head is not None and head[0] != head[1]:
@@ -209,8 +216,14 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
             elif reason == _EXIT_INTR_CODE:
                 if ctl.stopping:
                     return
+                if ctl.debug is not None:
+                    ctl.debug.on_kick(vcpu)
             else:
                 code, record = decode_exit(view)
+                if code == _EXIT_DEBUG_CODE and ctl.debug is not None:
+                    if not ctl.debug.on_debug_exit(vcpu, record):
+                        return
+                    continue
                 if not on_exit(vcpu, code, record):
                     return
     finally:
