@@ -385,6 +385,11 @@ def debugregs(slots: list[DebugSlot | None]) -> tuple[int, ...]:
 
 # --- the stub ----------------------------------------------------------------------------------------
 
+MONITOR_HELP = ("monitor disas [ADDR [N]]  disassemble N instructions at ADDR (default: the pc) in the vCPU's "
+                "current mode (16/32/64-bit)\n"
+                "monitor mode              the selected vCPU's mode, paging, CR0/CR4/EFER\n"
+                "monitor mechanisms        how breakpoints, watchpoints and steps work on this KVM\n")
+
 def parse_address(text: str) -> tuple[str, int]:
     """'[HOST:]PORT' -> (host, port); localhost unless a host is given; port 0 picks a free one."""
     host, _, port_s = text.rpartition(":")
@@ -1081,7 +1086,59 @@ class GdbStub:
             return b"1"
         if p.startswith(b"qSymbol"):
             return b"OK"
+        if p.startswith(b"qRcmd,"):
+            return self._monitor(bytes.fromhex(p[6:].decode()).decode("utf-8", "replace"))
         return b""
+
+    def _monitor(self, command: str) -> bytes:
+        """``monitor ...`` in gdb: text sent as ``O`` packets, then ``OK``."""
+        words = command.split()
+        if not words or words[0] == "help":
+            text = MONITOR_HELP
+        elif words[0] == "disas":
+            text = self._monitor_disas(words[1:])
+        elif words[0] == "mode":
+            text = self._monitor_mode()
+        elif words[0] == "mechanisms":
+            text = self.mechanisms() + "\n"
+        else:
+            return b"E16"
+        for i in range(0, len(text), 512):
+            self._send(self._conn, b"O" + text[i:i + 512].encode().hex().encode())
+        return b"OK"
+
+    def _monitor_mode(self) -> str:
+        from .crash import disassembly_mode
+
+        st = self._state(self._g_thread)
+        s = st.sregs
+        paging = "paging on" if s.cr0 & (1 << 31) else "paging off"
+        return (f"vCPU {self._g_thread}: {disassembly_mode(s)}-bit code, {paging} "
+                f"(CR0={s.cr0:#x} CR4={s.cr4:#x} EFER={s.efer:#x} CS={s.cs.selector:#x})\n")
+
+    def _monitor_disas(self, args: list[str]) -> str:
+        """Disassemble in the mode the vCPU is in now (16/32/64-bit by CS.D/CS.L and EFER.LMA), which
+        gdb cannot do for 32-bit code under an x86-64 target description."""
+        from .crash import disassemble, disassembly_mode
+
+        st = self._state(self._g_thread)
+        addr = int(args[0], 0) if args else st.regs.rip
+        count = max(1, min(int(args[1], 0), 64)) if len(args) > 1 else 8
+        bits = disassembly_mode(st.sregs)
+        code = self.read_memory(addr, count * 15)
+        if not code:
+            return f"cannot read memory at {addr:#x}\n"
+        return f"{bits}-bit:\n" + "\n".join(disassemble(code, addr, bits, max_insns=count)) + "\n"
+
+    def mechanisms(self) -> str:
+        """What this KVM gives the debugger (also the `monitor mechanisms` text)."""
+        sw = ("int3 (KVM_GUESTDBG_USE_SW_BP)" if self.native_sw_bp
+              else "debug registers (int3 does not reach the VMM on kvm_pvm)")
+        watch = ("debug registers" if self.data_breakpoints
+                 else "single-stepping + compare (data breakpoints do not fire on kvm_pvm); write only")
+        return (f"break (Z0): {sw}; hbreak (Z1): debug registers; watch (Z2-Z4): {watch}; "
+                f"stepi: KVM_GUESTDBG_SINGLESTEP{' + BLOCKIRQ' if self.block_irq_on_step else ''}; "
+                f"{NUM_DEBUG_REGS} debug registers shared by hbreak, watch and fallen-back break")
 
     def _vcont(self, p: bytes, conn) -> bytes | None:
         if p == b"vCont?":
