@@ -248,3 +248,17 @@ def test_kvm_pvm_watchpoints_are_soft_and_write_only():
         assert "single-stepping" in s.mechanisms()
     finally:
         s.close()
+
+
+def test_kvm_exit_debug_is_decoded():
+    import struct
+
+    from pvhboot.kvm.exits import decode_exit
+
+    run = bytearray(304)
+    struct.pack_into("<I", run, abi.KVM_RUN_EXIT_REASON, abi.KvmExit.DEBUG)
+    struct.pack_into("<I4xQQQ", run, abi.KVM_RUN_EXIT_UNION, 1, 0x101F30, 0xFFFF4FF1, 0x602)
+    reason, rec = decode_exit(run)
+    assert reason == abi.KvmExit.DEBUG
+    assert (rec.exception, rec.pc, rec.dr6, rec.dr7) == (1, 0x101F30, 0xFFFF4FF1, 0x602)
+    assert abi.KVM_SET_GUEST_DEBUG == 0x4048AE9B  # _IOW(KVMIO, 0x9b, struct kvm_guest_debug), 72 bytes
