@@ -678,7 +678,9 @@ class GdbStub:
             self.pause_requested = False
             self.events.clear()
             for i, action in actions.items():
-                self.slots[i].resume = action
+                slot = self.slots[i]
+                slot.resume = action
+                slot.parked = False  # from now on: a later pause waits for this vCPU to park again
             self.cond.notify_all()
 
     def call(self, index: int, fn):
