@@ -262,3 +262,16 @@ def test_kvm_exit_debug_is_decoded():
     assert reason == abi.KvmExit.DEBUG
     assert (rec.exception, rec.pc, rec.dr6, rec.dr7) == (1, 0x101F30, 0xFFFF4FF1, 0x602)
     assert abi.KVM_SET_GUEST_DEBUG == 0x4048AE9B  # _IOW(KVMIO, 0x9b, struct kvm_guest_debug), 72 bytes
+
+
+def test_bench_gdb_step_is_registered_and_its_script_times_stepi():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench import gdb_step, run
+
+    assert "gdb_step" in run.BENCHES
+    script = gdb_step.gdb_script(1234, 0x100000, 10, run_to_entry=True)
+    assert "hbreak *0x100000" in script and "range(10)" in script and "target remote 127.0.0.1:1234" in script
+    assert gdb_step.RATE.search("STEPI_PER_S=812.5").group(1) == "812.5"

@@ -491,6 +491,7 @@ class GdbStub:
         self._g_thread = 0  # Hg: vCPU index for registers and memory
         self._c_thread = -1  # Hc: -1 all
         self._last_reply = b""
+        self._xlate: dict[tuple[int, int], int | None] = {}  # (vCPU, virtual page) -> physical page
 
     # --- life cycle (called by Machine) ---
     def start(self) -> None:
@@ -605,7 +606,12 @@ class GdbStub:
         the stub queues for this vCPU (its ioctls must come from this thread)."""
         slot = self.slots[vcpu.index]
         ctl = self.ctl
+        # The stop reply needs this vCPU's registers: read them here, on its own thread, instead of
+        # through the command queue (one cross-thread round trip less per stepi).
+        state = RegisterState(vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu()) if event is not None else None
         with self.cond:
+            if state is not None:
+                slot.state = state
             vcpu.immediate_exit = False
             slot.parked = True
             slot.stepping = False
@@ -674,6 +680,7 @@ class GdbStub:
 
     def _resume(self, actions: dict[int, str]) -> None:
         """Release every parked vCPU: ``actions[index]`` "c" or "s"; a vCPU without one stays parked."""
+        self._xlate.clear()
         with self.cond:
             self.pause_requested = False
             self.events.clear()
@@ -717,11 +724,19 @@ class GdbStub:
             if "fpu" in which:
                 v.set_fpu(st.fpu)
         if which:
+            self._xlate.clear()  # CR0/CR3/CR4/EFER may have changed
             self.call(index, apply)
 
     # --- memory ---
     def _translate(self, index: int, addr: int) -> int | None:
-        return self.call(index, lambda v: v.translate(addr))
+        """Guest-virtual -> guest-physical through vCPU ``index``'s paging, cached per page while the
+        VM stays stopped (gdb reads the bytes at the pc several times per stepi)."""
+        key = (index, addr >> 12)
+        page = self._xlate.get(key, -1)
+        if page == -1:
+            base = self.call(index, lambda v: v.translate(addr & ~0xFFF))
+            page = self._xlate[key] = None if base is None else base >> 12
+        return None if page is None else (page << 12) | (addr & 0xFFF)
 
     def read_memory(self, addr: int, length: int) -> bytes:
         out = bytearray()
