@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils binutils gcc make python3 \
-      libpython3.11-stdlib python3-minimal libffi8)
+      libpython3.11-stdlib python3-minimal libffi8 gdb)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -15,3 +15,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
 "$root/scripts/fetch-debian-kernel.sh" >/dev/null
+# Debian's gdb-minimal (no Python, fewer libraries) unpacked for the nested rig's --gdb test
+# (tests/rig/test_gdb_linux.py packs it into the rig); it cannot be installed beside gdb.
+gdbmin="$root/.cache/gdb-minimal"
+if [ ! -x "$gdbmin/usr/bin/gdb" ]; then
+    rm -rf "$gdbmin" && mkdir -p "$gdbmin"
+    (cd "$gdbmin" && apt-get download -q -o APT::Sandbox::User=root gdb-minimal >&2 \
+        && dpkg-deb -x gdb-minimal_*.deb .)
+fi
