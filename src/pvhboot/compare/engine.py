@@ -71,7 +71,9 @@ def plan_cells(opts: Options, workdir: str) -> tuple[str, list[Cell]]:
         files["vmlinux"] = os.path.join(workdir, "vmlinux")
         with open(files["vmlinux"], "wb") as f:
             f.write(image.elf.data)
-    link_text = min((s.vaddr for s in image.segments if s.memsz), default=None) if kind == "linux" else None
+    # _text's link address: the first PT_LOAD is .text, which starts at _text (arch/x86/kernel/vmlinux.lds.S);
+    # not the lowest vaddr (x86_64's percpu segment is linked at 0).
+    link_text = next((s.vaddr for s in image.segments if s.memsz), None) if kind == "linux" else None
     if kind == "probe":
         cmdline = " ".join(p for p in (PROBE_CMDLINE, opts.cmdline, END_ARGUMENT) if p)
     else:

@@ -26,7 +26,8 @@ END_ARGUMENT = "pvhboot.compare=1"
 
 _TIMESTAMP = re.compile(r"^\s*\[\s*\d+\.\d+\]\s?")
 _ALERT = re.compile(r"WARNING:|\bBUG[: ]|Oops|Call Trace|general protection fault|kernel BUG|RIP: ")
-_HEX = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]*\d[0-9a-fA-F]*\b")
+# 0x-prefixed hex, bare hex words of 8+ digits (addresses, pointers), then any run of decimal digits.
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 
 
 def collector_script() -> bytes:
@@ -69,7 +70,7 @@ def decode_boot_params(raw: bytes) -> dict[str, str]:
 
 def normalise_dmesg_line(line: str) -> str:
     """Timestamps dropped; numbers, addresses and pointer values masked ('#')."""
-    return _HEX.sub("#", _TIMESTAMP.sub("", line)).strip()
+    return _NUMBER.sub("#", _TIMESTAMP.sub("", line)).strip()
 
 
 def kaslr_fields(text_hex: str, link_text: int | None, cmdline: str) -> dict[str, str]:

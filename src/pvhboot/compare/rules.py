@@ -31,6 +31,10 @@ _PVH_SYNTH = ("a PVH entry has no bzImage setup header: Linux builds boot_params
               "copies the image's whole setup header (Documentation/arch/x86/boot.rst), pvhboot's "
               "linux64 entry of a vmlinux synthesises one, and the decompressor updates a few fields")
 
+_PVH_E820 = ("Linux's PVH code appends the ISA range 0xa0000-0x100000 as reserved to the memory map it "
+             "copies from start_info (init_pvh_bootparams); the map the kernel kept after sanitising "
+             "(memmap, /sys/firmware/memmap) must be equal")
+
 #: Rules for the built-in probe's fingerprint (pvhboot.compare.probe).
 PROBE_RULES: tuple[FieldRule, ...] = (
     FieldRule("entry.state", ALLOWED,
@@ -64,11 +68,8 @@ LINUX_RULES: tuple[FieldRule, ...] = (
     FieldRule("bp.hdr.ramdisk_size", MUST_EQUAL, "the initramfs the kernel unpacked"),
     FieldRule("bp.hdr.setup_data", MUST_EQUAL, "the setup_data chain the kernel parsed"),
     FieldRule("bp.hdr.*", ALLOWED, _PVH_SYNTH),
-    FieldRule("bp.e820_entries", ALLOWED,
-              "Linux's PVH code appends the ISA range 0xa0000-0x100000 as reserved to the memory map it "
-              "copies from start_info (init_pvh_bootparams); the map the kernel kept after sanitising "
-              "(memmap, /sys/firmware/memmap) must be equal"),
-    FieldRule("bp.e820_table.*", ALLOWED, "see bp.e820_entries"),
+    FieldRule("bp.e820_entries", ALLOWED, _PVH_E820),
+    FieldRule("bp.e820_table.*", ALLOWED, _PVH_E820),
     FieldRule("bp.sentinel", ALLOWED,
               "boot.rst: a loader that copies the setup header must clear the sentinel byte; the bzImage "
               "has it set, the zero page a PVH entry builds starts all zero"),
