@@ -45,12 +45,15 @@ def boot_cell(cell: Cell) -> dict:
     except PvhbootError as e:
         return {"status": "error", "detail": str(e), "wall_s": round(time.monotonic() - start, 3)}
     fp = fingerprint_of(cell, record.console)
-    if record.crash_report:
-        status = record.reason  # crash | timeout
-    elif not fp or fp.get("collector", "complete") != "complete":
-        status = "no fingerprint"
-    else:
+    if fp and fp.get("collector", "complete") == "complete":
+        # The fingerprint is whole; how the VM ended is one more field (a path whose kernel cannot
+        # power off is a finding there, with the crash report kept beside it).
         status = "ok"
+        fp["exit"] = record.reason
+    elif record.crash_report:
+        status = record.reason  # crash | timeout
+    else:
+        status = "no fingerprint"
     tail = record.console.decode("utf-8", "replace").replace("\r", "").split("\n")[-CONSOLE_TAIL_LINES:]
     return {"status": status, "fingerprint": fp, "exit": {"reason": record.reason, "code": record.exit_code},
             "wall_s": round(record.wall_time_s, 3), "crash_report": record.crash_report,

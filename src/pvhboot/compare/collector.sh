@@ -31,3 +31,5 @@ done
 p tainted "$(cat /proc/sys/kernel/tainted)"
 dmesg | sed 's/^/@FP-DMESG /'
 echo @FP-END
+# /init powers off next (ACPI S5); a kernel that found no ACPI cannot, so reset instead (i8042).
+[ -e /sys/firmware/acpi/tables/FACP ] || reboot -f

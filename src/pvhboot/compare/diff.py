@@ -87,16 +87,20 @@ def _diff_group(g: Group, recs: dict[str, dict], rules: tuple[FieldRule, ...]) -
     names: dict[str, None] = {}
     for r in booted.values():
         names.update(dict.fromkeys(r["fingerprint"]))
+    fps = {c: r["fingerprint"] for c, r in booted.items()}
+    protocols = {c: r.get("protocol") for c, r in booted.items()}
     for name in names:
-        values = {c: r["fingerprint"].get(name) for c, r in booted.items()}
+        values = {c: fp.get(name) for c, fp in fps.items()}
         rule = classify(name, rules)
         same = len(set(values.values())) <= 1
         if same and not (rule and rule.always_show):
             g.equal += 1
         elif same:
             g.rows.append(Row(name, EXPLAINED, values, rule.reason))
-        elif rule and rule.kind == ALLOWED:
+        elif rule and rule.allows(values, fps, protocols):
             g.rows.append(Row(name, ALLOWED_ROW, values, rule.reason))
+        elif rule and rule.kind == ALLOWED:
+            g.rows.append(Row(name, FINDING, values, "not the difference this rule allows: " + rule.reason))
         else:
             g.rows.append(Row(name, FINDING, values, rule.reason if rule else ""))
 

@@ -46,7 +46,13 @@ def _is_pvh(loaded) -> bool:
 
 
 def rsdp_missing(loaded, mem, cpus: int) -> None:
-    """The loader forgets to pass the RSDP (start_info.rsdp_paddr / boot_params.acpi_rsdp_addr = 0)."""
+    """The loader does not hand over the RSDP (start_info.rsdp_paddr / boot_params.acpi_rsdp_addr = 0)
+    of a machine whose RSDP is not where the legacy scan looks.  pvhboot puts its RSDP at 0xe0000, inside
+    the BIOS area a kernel scans when no address is given (ACPI 6.x 5.2.5.1), so the fault also clears
+    the RSDP's signature there: without that, forgetting the pointer would change nothing the kernel
+    ends up with (which `compare` rightly reports as no finding)."""
+    if loaded.rsdp_addr is not None:
+        mem.write(loaded.rsdp_addr, b"\0" * 8)  # "RSD PTR "
     if _is_pvh(loaded):
         at, si = _start_info(loaded, mem)
         si.rsdp_paddr = 0
@@ -129,7 +135,8 @@ def madt_cpu_missing(loaded, mem, cpus: int) -> None:
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("rsdp-missing", "the RSDP address is not handed over (start_info.rsdp_paddr or "
-          "boot_params.acpi_rsdp_addr left 0)", "boot.acpi_rsdp_addr; bp.acpi_rsdp_addr", rsdp_missing),
+          "boot_params.acpi_rsdp_addr left 0) and no legacy scan finds it",
+          "boot.acpi_rsdp_addr, acpi.*, probe.verdict; acpi.table.*, cpu.possible, exit", rsdp_missing),
     Fault("memmap-ram-dropped", "32 MiB of RAM left out of the memory map",
           "boot.e820, boot.ram_total; memmap, MemTotal", memmap_ram_dropped),
     Fault("cmdline-cut", "the command line cut short by its last argument",

@@ -24,6 +24,9 @@ GUEST_PATH = "root/collect.sh"
 BASE_CMDLINE = "console=ttyS0 quiet panic=-1"
 END_ARGUMENT = "pvhboot.compare=1"
 
+# CPU feature flags an entry path sets or clears (its own row, cpu.flag.<name>: the CPUs that have it):
+# la57 is kept only when 5-level paging is on, which only the bzImage decompressor enables.
+PATH_DEPENDENT_FLAGS = frozenset({"la57"})
 _TIMESTAMP = re.compile(r"^\s*\[\s*\d+\.\d+\]\s?")
 _ALERT = re.compile(r"WARNING:|\bBUG[: ]|Oops|Call Trace|general protection fault|kernel BUG|RIP: ")
 # 0x-prefixed hex, bare hex words of 8+ digits (addresses, pointers), then any run of decimal digits.
@@ -98,6 +101,7 @@ def linux_fingerprint(console: bytes | str, link_text: int | None = None) -> dic
     iomem: list[str] = []
     alerts: list[str] = []
     dmesg: dict[str, int] = {}
+    with_flag: dict[str, list[str]] = {}
     for raw in text.split("\n"):
         line = raw.replace("\r", "")
         at = line.find("@FP")
@@ -113,7 +117,11 @@ def linux_fingerprint(console: bytes | str, link_text: int | None = None) -> dic
                 except ValueError:
                     fp["bp"] = f"unreadable: {value[:40]}"
             elif key.endswith(".flags"):
-                fp[key] = " ".join(sorted(value.split()))
+                flags = set(value.split())
+                cpu = key[3:-6]
+                for flag in PATH_DEPENDENT_FLAGS & flags:
+                    with_flag.setdefault(flag, []).append(cpu)
+                fp[key] = " ".join(sorted(flags - PATH_DEPENDENT_FLAGS))
             else:
                 fp[key] = value
         elif tag == "@FP-MEMMAP":
@@ -140,6 +148,8 @@ def linux_fingerprint(console: bytes | str, link_text: int | None = None) -> dic
     fp["memmap"] = "\n".join(memmap)
     fp["iomem"] = "\n".join(iomem)
     fp["dmesg.alerts"] = "\n".join(alerts)
+    for flag in sorted(PATH_DEPENDENT_FLAGS):
+        fp[f"cpu.flag.{flag}"] = " ".join(sorted(with_flag.get(flag, []), key=int)) or "none"
     fp.update(kaslr_fields(fp.pop("kallsyms._text", ""), link_text, fp.get("cmdline", "")))
     for norm, count in dmesg.items():
         fp[f"dmesg: {norm}"] = str(count)

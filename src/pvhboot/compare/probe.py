@@ -59,6 +59,7 @@ def probe_fingerprint(console: bytes | str) -> dict[str, str]:
     else:
         fp["entry.state"] = (f"64-bit cr0={facts.get('entry64.cr0')} cr4={facts.get('entry64.cr4')} "
                              f"efer={facts.get('entry64.efer')}")
+    fp["probe.unverifiable"] = " ".join(sorted(r.name for r in rep.rules if r.status == "unverifiable")) or "none"
     fp["probe.verdict"] = ("PASS" if rep.passed else
                            "INCOMPLETE" if not rep.complete else "FAIL: " + "; ".join(rep.failed))
     return fp
