@@ -565,14 +565,14 @@ static void check_aligned(const char *name, const char *what, u64 addr)
 }
 
 /* The boot blobs must not lie on the stack the loader ran on.  pvh.pandoc leaves ESP undefined, so
- * a kernel never uses it (Linux's pvh_start_xen borrows start_info for its one call), but the value
- * a loader leaves in ESP shows where its own stack was: above ESP lie the frames of the code that
- * jumped to the kernel (qboot builds the modlist as a local there, 0x1c above ESP), below ESP what
- * the loader's returned-from calls and any push at the entry overwrite.  Data there was never set
- * aside for the kernel.  The window is one 4 KiB page either side, [ESP - 4 KiB, ESP + 4 KiB): a
- * loader that sets ESP itself to a stack of its own keeps its boot data outside that page (pvhboot and
- * Firecracker: ESP 0x8ff0, start_info/modlist/memmap at 0x6000-0x7000).  ESP 0 (Xen sets no stack)
- * hands over no stack: nothing to overlap. */
+ * a kernel never uses it (Linux's pvh_start_xen loads its own stack; recent ones first borrow
+ * start_info for one call), but the value a loader leaves in ESP shows where its own stack was: above
+ * ESP lie the frames of the code that jumped to the kernel (qboot builds the modlist as a local there,
+ * 0x1c above ESP), below ESP the loader's returned-from frames and what any push at the entry
+ * overwrites.  Data there was never set aside for the kernel.  The window is 4 KiB either side,
+ * [ESP - 4 KiB, ESP + 4 KiB): a loader that points ESP at a stack page of its own keeps its boot data
+ * outside it (pvhboot: ESP 0x8ff0 in the page at 0x8000, start_info/modlist/memmap in 0x6000-0x7000,
+ * cmdline at 0x20000).  ESP 0 hands over no stack at all: nothing to overlap. */
 #define ENTRY_STACK_WINDOW 0x1000
 
 static void check_entry_stack(u32 esp)
