@@ -45,7 +45,11 @@ OUTER_CPUS = 2
 
 QEMU = "qemu-system-x86_64"
 # loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
-OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off"
+# tsc=reliable: under TCG the guest's TSC is the host's (QEMU reads the host TSC), constant and
+# monotonic, but on a loaded host the outer kernel's clocksource watchdog sees jiffies fall behind
+# it and marks the TSC unstable ("skew is too large", seen in this rig), moving timekeeping onto
+# tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
