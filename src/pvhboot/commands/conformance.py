@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ._util import parse_size
+from .vm_options import add_vm_options, vm_config_from_args
 
 PLACEHOLDER = "{probe}"
 EXIT_FAIL = 1
@@ -27,13 +27,8 @@ def add_parser(subparsers):
         "conformance", help="run the probe under pvhboot or another VMM and check the boot ABI",
         description="Run pvhboot's probe guest (under pvhboot, or under the VMM command given after --, "
                     f"with {PLACEHOLDER} replaced by the probe's path) and print each ABI rule it checked.")
-    p.add_argument("--memory", metavar="SIZE", default="64M", help="guest RAM under pvhboot (default 64M)")
-    p.add_argument("--cpus", metavar="N", type=int, default=1, help="vCPUs under pvhboot (default 1)")
-    p.add_argument("--initrd", metavar="FILE", help="initrd (PVH module 0) under pvhboot")
-    p.add_argument("--cmdline", metavar="S", default="", help="command line under pvhboot")
-    p.add_argument("--protocol", choices=("pvh", "linux64"), default="pvh",
-                   help="entry protocol under pvhboot (default pvh)")
-    p.add_argument("--timeout", metavar="S", type=float, default=60.0, help="wall-clock limit (default 60 s)")
+    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout"),
+                   memory="64M", timeout=60.0, protocols=("pvh", "linux64"), protocol="pvh")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -45,15 +40,7 @@ def run_under_pvhboot(args) -> tuple[bytes, str]:
     """The probe under pvhboot's own runtime: (console bytes, one line about how it ended)."""
     from ..vmm import MicroVM
 
-    if args.cpus < 1:
-        raise ConfigError(f"invalid --cpus {args.cpus} (at least 1)")
-    if args.initrd is not None:
-        try:
-            open(args.initrd, "rb").close()
-        except OSError as e:
-            raise ConfigError(f"cannot read --initrd {args.initrd}: {e.strerror}") from None
-    with MicroVM(None, initrd=args.initrd, cmdline=args.cmdline, memory=parse_size(args.memory),
-                 cpus=args.cpus, protocol=args.protocol, console=None, timeout=args.timeout) as vm:
+    with MicroVM(config=vm_config_from_args(args), console=None) as vm:
         record = vm.run()
     if record.crash_report:
         sys.stderr.write(record.crash_report)

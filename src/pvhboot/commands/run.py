@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._util import parse_size
+from .vm_options import add_vm_options, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
@@ -215,10 +215,7 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    p.add_argument("--memory", default="256M", help="guest RAM (default 256M)")
-    p.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    p.add_argument("--protocol", default="auto", choices=("auto", "pvh", "linux32", "linux64"))
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol"), memory="256M")
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
@@ -242,20 +239,18 @@ def run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise ConfigError("no command given (usage: pvhboot run [options] -- CMD ARGS...)")
-    if args.cpus < 1:
-        raise ConfigError(f"--cpus must be at least 1, not {args.cpus}")
-    memory = parse_size(args.memory)
+    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
+    config = vm_config_from_args(args, cmdline=cmdline)  # the options, checked before any work
     files = _parse_files(args.file)
     busybox = find_busybox()
     if args.initramfs_out:
-        from ._util import write_atomically
+        from ..files import write_output
+
         buf = io.BytesIO()
         write_run_initramfs(buf, cmd, busybox=busybox, files=files)
-        write_atomically(args.initramfs_out, [buf.getvalue()])
+        write_output(args.initramfs_out, [buf.getvalue()], "--initramfs-out")
         return 0
     kernel = Path(args.kernel) if args.kernel else find_kernel()
-    if not kernel.is_file():
-        raise ConfigError(f"kernel {str(kernel)!r} is not a file")
     try:
         from ..vmm import MicroVM
     except ImportError as e:  # the VMM is a separate layer; say so rather than a traceback
@@ -266,15 +261,13 @@ def run(args) -> int:
         print("pvhboot run: note: /dev/kvm here is kvm_pvm, where an unmodified Linux does not boot "
               "(platform.md); use a hardware KVM or the nested rig (python3 -m pvhboot.rig)",
               file=sys.stderr)
-    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
     console = ConsoleFilter(sys.stdout.buffer)
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
-        vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
-                     cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
+        vm = MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd), console=console,
+                     stdin=sys.stdin is not None and sys.stdin.isatty())
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status
