@@ -13,3 +13,16 @@ def emit_report(report: dict, as_json: bool, print_human) -> None:
         sys.stdout.write("\n")
     else:
         print_human(report)
+
+
+def rich_console():
+    """A rich Console for human output whose closed-pipe handling is the CLI's: rich's own
+    (Console.on_broken_pipe) exits with status 1; a reader that went away is not an error, so the
+    BrokenPipeError goes on to cli.main, which exits 0 quietly."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console()

@@ -4,6 +4,7 @@ Exit status: the guest's (0 after an ACPI power-off, a reset or Ctrl-A x; the va
 debug-exit port), 1 when the guest crashed or hit --timeout (the crash report goes to stderr),
 2 for a user error (one line on stderr).
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,6 +13,12 @@ from ..files import write_output
 from .vm_options import add_vm_options, vm_config_from_args
 
 EXIT_CRASH = 1
+EXIT_STATUS_HELP = (
+    "Exit status: the guest's -- 0 after an ACPI power-off, a reset or Ctrl-A x; the value V written "
+    "to the debug-exit port 0xf4, as its low byte, except that a non-zero V whose low byte is 0 "
+    "(0x100, 0x200, ...) exits 1 with a warning, so a failure never reads as success. 1 when the "
+    "guest crashed or hit --timeout (a crash report on stderr); 2 for a user error (one line on "
+    "stderr).")
 
 
 def add_parser(subparsers):
@@ -20,6 +27,7 @@ def add_parser(subparsers):
         description="Boot an ELF vmlinux or a bzImage on KVM the PVH way (or with the Linux boot protocol). "
                     "Without KERNEL, boots pvhboot's built-in probe.")
     p.add_argument("kernel", metavar="KERNEL", nargs="?", help="ELF vmlinux or bzImage (default: the probe)")
+    p.epilog = EXIT_STATUS_HELP
     add_vm_options(p)
     return p
 
@@ -39,4 +47,12 @@ def run(args) -> int:
         sys.stderr.write(record.crash_report)
         sys.stderr.flush()
         return EXIT_CRASH
-    return record.exit_code & 0xFF
+    if record.reason != "debug_exit":
+        return record.exit_code & 0xFF
+    from ..devices.debug_exit import exit_status
+
+    status = exit_status(record.exit_code)
+    if status != record.exit_code:
+        print(f"pvhboot: warning: the guest's debug-exit value {record.exit_code:#x} is not an exit "
+              f"status (one byte); exiting {status}", file=sys.stderr)
+    return status

@@ -8,7 +8,7 @@ from ..boot import BootConfig, plan_guest, resolve_protocol
 from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
-from ._util import emit_report
+from ._util import emit_report, rich_console
 from .vm_options import PLAN_OPTIONS, add_vm_options, vm_config_from_args
 
 
@@ -43,11 +43,11 @@ def build_report(kernel, config: BootConfig, plan) -> dict:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
+    from rich.markup import escape  # the kernel's path is data, never markup
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{report['kernel']}[/bold] ({report['format']}): protocol "
+    console = rich_console()
+    console.print(f"[bold]{escape(report['kernel'])}[/bold] ({report['format']}): protocol "
                   f"[bold]{report['protocol']}[/bold], entry {report['entry']:#x}, "
                   f"{format_size(report['memory'])} RAM, {report['cpus']} vCPU(s)")
     e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")

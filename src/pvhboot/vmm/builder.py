@@ -32,9 +32,10 @@ class VmExit:
     exit_code: int  # the guest's: 0 for poweroff, the debug-exit value, 1 for a crash or timeout
     wall_time_s: float  # first KVM_RUN to the stop
     boot_markers: list[tuple[int, float]] = field(default_factory=list)  # (code, seconds since start)
-    console: bytes = b""
+    console: bytes = b""  # the last CONSOLE_TAIL bytes the guest printed (all of a shorter output)
     crash_report: str | None = None
     events: list[dict] = field(default_factory=list)  # every device event, in order
+    console_total: int = 0  # bytes the guest printed in all (more than len(console) when cut)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -48,17 +49,30 @@ class VmExit:
         return json.dumps(self.to_json(), indent=2).encode() + b"\n"
 
 
-class ConsoleOutput:
-    """Guest console bytes to a stream (stdout by default, None for silence) and captured in memory."""
+CONSOLE_TAIL = 64 << 10
+"""Bytes of guest console kept in memory for the exit record (VmExit.console): the end of the output,
+where a crash or the probe's verdict is.  Whatever the guest prints, the VMM holds no more than this
+(the rest is streamed out, or dropped when the console is silent)."""
 
-    def __init__(self, stream=None, capture: bool = True):
+
+class ConsoleOutput:
+    """Guest console bytes to a stream (stdout by default, None for silence), and the last ``tail``
+    bytes kept in memory (``capture``) for the exit record."""
+
+    def __init__(self, stream=None, capture: bool = True, tail: int = CONSOLE_TAIL):
         self._stream = stream
+        self._tail = tail
         self._buf = bytearray() if capture else None
+        self.total = 0  # bytes the guest printed
         self._broken = False
 
     def __call__(self, data: bytes) -> None:
-        if self._buf is not None:
-            self._buf += data
+        self.total += len(data)
+        buf = self._buf
+        if buf is not None:
+            buf += data[-self._tail:]
+            if len(buf) > 2 * self._tail:  # trim in bulk: amortized O(1) per byte
+                del buf[:-self._tail]
         if self._stream is not None and not self._broken:
             try:
                 self._stream.write(data)
@@ -68,7 +82,8 @@ class ConsoleOutput:
 
     @property
     def captured(self) -> bytes:
-        return bytes(self._buf or b"")
+        """The last ``tail`` bytes of the console (all of it when it was shorter)."""
+        return bytes(self._buf or b"")[-self._tail:]
 
 
 def _default_stream():
@@ -326,7 +341,8 @@ class Machine:
         events = [{"kind": e.kind.value, "value": e.value, "source": e.source,
                    "seconds": (e.time_ns - self._start_ns) / 1e9} for e in self._events]
         return VmExit(reason=reason, exit_code=code, wall_time_s=wall, boot_markers=list(self._markers),
-                      console=self.console.captured, crash_report=report, events=events)
+                      console=self.console.captured, crash_report=report, events=events,
+                      console_total=self.console.total)
 
     # --- teardown ---
     def close(self) -> None:
