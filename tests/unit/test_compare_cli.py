@@ -26,14 +26,16 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     (["--memory", "lots"], "invalid size 'lots'"),
     (["--memory", "1M"], "too small"),
     (["--jobs", "0"], "invalid --jobs 0"),
-    (["--timeout", "-1"], "invalid --timeout"),
+    (["--timeout", "-1"], "invalid timeout -1.0"),
     (["--initrd", "/nonexistent/initrd"], "cannot read --initrd"),
     (["/nonexistent/kernel"], "cannot read kernel /nonexistent/kernel"),
     (["--seed-fault", "gremlins:pvh"], "unknown seeded fault 'gremlins'"),
     (["--seed-fault", "cmdline-cut"], "invalid --seed-fault 'cmdline-cut' (NAME:PATH)"),
     (["--seed-fault", "cmdline-cut:linux32"], "path 'linux32' is not compared"),
     (["--cpus", "1", "--seed-fault", "madt-cpu-missing:pvh"], "at least 2 vCPUs"),
-    (["--json", "/nonexistent/dir/x.json"], "--json /nonexistent/dir/x.json: no directory"),
+    (["--json", "/nonexistent/dir/x.json"], "cannot write --json /nonexistent/dir/x.json"),
+    (["--json", "/dev/null"], "--json"),
+    (["/dev/zero"], "kernel"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):
     rc, out, err = run_cli(capsys, *argv)

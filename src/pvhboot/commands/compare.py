@@ -17,9 +17,10 @@ import sys
 import tempfile
 
 from ..errors import ConfigError
-from ._util import parse_size, write_atomically
+from .vm_options import parse_size
 
 EXIT_FINDINGS = 1
+BASELINE_LIMIT = 256 << 20  # a --json of hundreds of Linux cells is a few tens of MB
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -105,11 +106,10 @@ def _collector_initramfs(workdir: str, user_initrd: str | None) -> str:
 def _load_baseline(path: str, kind: str) -> list[dict]:
     import json
 
+    from ..files import read_regular
+
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read --baseline {path}: {e.strerror}") from None
+        data = json.loads(read_regular(path, "--baseline", BASELINE_LIMIT))
     except ValueError as e:
         raise ConfigError(f"--baseline {path}: not JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
@@ -130,20 +130,16 @@ def run(args) -> int:
     from ..compare.diff import count_findings
     from ..compare.engine import Options, plan_cells, run_cells
     from ..compare.rules import allowed_differences, rules_for
+    from ..files import INITRD_LIMIT, check_output, check_regular
+    from ..vmm.config import check_timeout
 
     if args.jobs < 1:
         raise ConfigError(f"invalid --jobs {args.jobs} (at least 1)")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError(f"invalid --timeout {args.timeout:g} (seconds > 0)")
+    check_timeout(args.timeout)
     if args.initrd is not None:
-        try:
-            open(args.initrd, "rb").close()
-        except OSError as e:
-            raise ConfigError(f"cannot read --initrd {args.initrd}: {e.strerror}") from None
+        check_regular(args.initrd, "--initrd", INITRD_LIMIT)
     if args.json_out:
-        parent = os.path.dirname(os.path.abspath(args.json_out))
-        if not os.path.isdir(parent):
-            raise ConfigError(f"--json {args.json_out}: no directory {parent}")
+        check_output(args.json_out, "--json", inputs=[p for p in (args.kernel, args.initrd, args.baseline) if p])
     opts = Options(kernel=args.kernel, paths=args.paths, cpus=_int_list(args.cpus), memory=_size_list(args.memory),
                    initrd=args.initrd, cmdline=args.cmdline, timeout=args.timeout, kaslr=args.kaslr,
                    faults=_fault_list(args.seed_fault))
@@ -175,7 +171,9 @@ def run(args) -> int:
                "paths": list(dict.fromkeys(c.path for c in cells)), "findings": findings,
                "cells": records, "groups": [g.to_json() for g in groups],
                "allowed_differences": [{"field": f, "reason": r} for f, r in allowed_differences(kind)]}
-        write_atomically(args.json_out, [json.dumps(doc, indent=1).encode() + b"\n"])
+        from ..files import write_output
+
+        write_output(args.json_out, [json.dumps(doc, indent=1).encode() + b"\n"], "--json")
     from ..compare.report import print_report
 
     print_report(groups)

@@ -19,6 +19,7 @@ PROBE_TIMEOUT_S = 30.0
 LINUX_TIMEOUT_S = 120.0
 PROBE_CMDLINE = "console=ttyS0 probe"
 PROBE_MARKER = b"probe.version="  # a string only pvhboot's probe carries (probe/src/probe.c)
+PROBE_MAX_SIZE = 4 << 20  # the probe ELF is 64 KiB; a real kernel is megabytes
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,16 @@ class Options:
 
 
 def is_probe(kernel: str | None) -> bool:
+    """The built-in probe (no KERNEL), or a probe ELF (small, carrying the probe's report keys)."""
     if kernel is None:
         return True
-    try:
-        if os.path.getsize(kernel) > (4 << 20):
+    from ..files import KERNEL_LIMIT, open_regular
+
+    fd = open_regular(kernel, "kernel", KERNEL_LIMIT)
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_size > PROBE_MAX_SIZE:
             return False
-        with open(kernel, "rb") as f:
-            return PROBE_MARKER in f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read kernel {kernel}: {e.strerror}") from None
+        return PROBE_MARKER in f.read()
 
 
 def kernel_path(kernel: str | None) -> str:
@@ -57,13 +59,12 @@ def kernel_path(kernel: str | None) -> str:
 def plan_cells(opts: Options, workdir: str) -> tuple[str, list[Cell]]:
     """(collector kind, the cells in table order).  A bzImage's vmlinux is written into ``workdir``."""
     from ..boot import plan_guest
-    from ..boot.config import BootConfig
     from ..image import load_kernel
+    from ..vmm.config import VmConfig
 
     kind = "probe" if is_probe(opts.kernel) else "linux"
     path = kernel_path(opts.kernel)
-    if not os.path.isfile(path):
-        raise ConfigError(f"kernel {path!r} is not a file")
+    VmConfig(kernel=path)  # a regular file of a sane size (pvhboot.files)
     image = load_kernel(path)
     chosen = choose_paths(path_specs(image), opts.paths, path)
     files = {"bzimage": path, "vmlinux": path}
@@ -99,8 +100,9 @@ def plan_cells(opts: Options, workdir: str) -> tuple[str, list[Cell]]:
                 cells.append(Cell(path=p.name, protocol=p.protocol, cpus=cpus, memory=memory,
                                   kernel=files[p.image], cmdline=cmdline, collector=kind, timeout=timeout,
                                   initrd=opts.initrd, link_text=link_text, fault=fault))
-    # The builder's dry run for each distinct configuration: a size this kernel cannot use, an
-    # initrd that does not fit, is the user's error now, not a failed cell later.
+    # The VM options checked once (vmm.config) and the builder's dry run for each distinct
+    # configuration: a size this kernel cannot use, an initrd that does not fit, is the user's error
+    # now, not a failed cell later.
     images = {path: image}
     seen = set()
     for c in cells:
@@ -110,9 +112,9 @@ def plan_cells(opts: Options, workdir: str) -> tuple[str, list[Cell]]:
         seen.add(key)
         if c.kernel not in images:
             images[c.kernel] = load_kernel(c.kernel)
-        img = images[c.kernel]
-        plan_guest(img, BootConfig(memory=c.memory, cpus=c.cpus, cmdline=c.cmdline, initrd=c.initrd,
-                                   protocol=c.protocol))
+        config = VmConfig(kernel=c.kernel, memory=c.memory, cpus=c.cpus, protocol=c.protocol, cmdline=c.cmdline,
+                          initrd=c.initrd, timeout=c.timeout)
+        plan_guest(images[c.kernel], config.boot_config(c.protocol))
     return kind, cells
 
 
