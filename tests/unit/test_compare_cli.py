@@ -93,3 +93,9 @@ def test_paths_of_an_elf_and_a_bzimage(tmp_path, debian_bzimage):
     assert cells[1].kernel == str(debian_bzimage)
     assert cells[0].link_text == 0xFFFFFFFF81000000  # the x86_64 default __START_KERNEL
     assert "nokaslr" in cells[0].cmdline.split() and cells[0].cmdline.endswith("pvhboot.compare=1")
+
+
+def test_bad_cluster_address_is_one_line(capsys):
+    pytest.importorskip("distributed", reason="Dask distributed is not installed (pip install 'pvhboot[cluster]')")
+    rc, _, err = run_cli(capsys, "--cpus", "1", "--cluster", "bogus://x")
+    assert rc == 2 and err.startswith("pvhboot: error: --cluster bogus://x: cannot connect"), err
