@@ -197,3 +197,21 @@ def test_acpi_rsdp_addr_may_be_zero_only_on_pvh():
     assert kinds({"pvh": "0x0", "linux64": "0xe0000", "linux32": "0xe0000"}) == ALLOWED_ROW
     assert kinds({"pvh": "0x0", "linux64": "0x0", "linux32": "0xe0000"}) == FINDING
     assert kinds({"pvh": "0xe0000", "linux64": "0xf0000"}) == FINDING
+
+
+def test_report_shows_what_differs_in_long_values_and_collapses_many_allowed_rows():
+    from pvhboot.compare.report import collapse, shown_values
+
+    flags = "a b c d e f g h i j"
+    assert shown_values({"pvh": flags + " la57", "linux64": flags, "x": None}) == {
+        "pvh": "[10 common words] la57", "linux64": "[10 common words] ", "x": None}
+    mm = "0x0-0x9fbff RAM\n0x100000-0xfffffff RAM"
+    cut = "0x0-0x9fbff RAM\n0x100000-0x7ffffff RAM\n0xa000000-0xfffffff RAM"
+    assert shown_values({"a": mm, "b": cut})["b"] == "[1 common lines]\n0x100000-0x7ffffff RAM\n0xa000000-0xfffffff RAM"
+    assert shown_values({"a": "1", "b": "2"}) == {"a": "1", "b": "2"}
+    hdr = {f"bp.hdr.f{i}": "1" for i in range(6)}
+    recs = [_rec("pvh", {**hdr, "MemTotal": "1 kB"}), _rec("linux64", {k: "2" for k in hdr} | {"MemTotal": "1 kB"})]
+    (g,) = compare_records(recs, rules.LINUX_RULES)
+    rows = collapse(g.rows)
+    assert [r.field for r in rows] == ["bp.hdr.* (6 fields)"]
+    assert len(g.rows) == 6 and g.to_json()["rows"][0]["rule"] == "bp.hdr.*"  # --json keeps every field

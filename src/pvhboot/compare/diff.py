@@ -27,9 +27,11 @@ class Row:
     kind: str  # FINDING | ALLOWED_ROW | EXPLAINED
     values: dict[str, str | None]  # column -> value (None: the path does not have the field)
     reason: str = ""
+    rule: str = ""  # the pattern of the rule that classed it ("" for the default must-equal)
 
     def to_json(self) -> dict:
-        return {"field": self.field, "kind": self.kind, "reason": self.reason, "values": self.values}
+        return {"field": self.field, "kind": self.kind, "reason": self.reason, "rule": self.rule,
+                "values": self.values}
 
 
 @dataclass
@@ -96,13 +98,14 @@ def _diff_group(g: Group, recs: dict[str, dict], rules: tuple[FieldRule, ...]) -
         if same and not (rule and rule.always_show):
             g.equal += 1
         elif same:
-            g.rows.append(Row(name, EXPLAINED, values, rule.reason))
+            g.rows.append(Row(name, EXPLAINED, values, rule.reason, rule.pattern))
         elif rule and rule.allows(values, fps, protocols):
-            g.rows.append(Row(name, ALLOWED_ROW, values, rule.reason))
+            g.rows.append(Row(name, ALLOWED_ROW, values, rule.reason, rule.pattern))
         elif rule and rule.kind == ALLOWED:
-            g.rows.append(Row(name, FINDING, values, "not the difference this rule allows: " + rule.reason))
+            g.rows.append(Row(name, FINDING, values, "not the difference this rule allows: " + rule.reason,
+                              rule.pattern))
         else:
-            g.rows.append(Row(name, FINDING, values, rule.reason if rule else ""))
+            g.rows.append(Row(name, FINDING, values, rule.reason if rule else "", rule.pattern if rule else ""))
 
 
 def _status_text(rec: dict) -> str:

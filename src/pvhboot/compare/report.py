@@ -11,6 +11,8 @@ from __future__ import annotations
 from .diff import ALLOWED_ROW, EXPLAINED, FINDING, Group
 
 MAX_CELL_LINES = 12  # a memory map or iomem value is shown up to this many lines
+SET_TOKENS = 8  # a value of more words than this (a CPU's flags) is shown as what it has beyond the rest
+COLLAPSE_ROWS = 4  # more allowed rows than this under one rule become one row (every value is in --json)
 ORDER = {FINDING: 0, ALLOWED_ROW: 1, EXPLAINED: 2}  # findings first (stable within a class)
 KIND_STYLE = {FINDING: "bold red", ALLOWED_ROW: "yellow", EXPLAINED: "cyan"}
 
@@ -24,6 +26,44 @@ def format_memory(n: int) -> str:
 
 def group_title(g: Group) -> str:
     return f"{g.cpus} vCPU{'s' if g.cpus != 1 else ''}, {format_memory(g.memory)}"
+
+
+def shown_values(values: dict[str, str | None]) -> dict[str, str | None]:
+    """What a row shows per column: a long line (a flag set) or a multi-line value (a memory map) as
+    only the words or lines not every column has, after how many they share."""
+    present = [v for v in values.values() if v is not None]
+    if len(present) < 2:
+        return values
+    if all("\n" in v for v in present):
+        split, join, unit = (lambda v: v.split("\n")), "\n".join, "lines"
+    elif all(len(v.split()) > SET_TOKENS for v in present):
+        split, join, unit = str.split, " ".join, "words"
+    else:
+        return values
+    common = set.intersection(*(set(split(v)) for v in present))
+    return {c: None if v is None else
+            f"[{len(common)} common {unit}]" + ("\n" if unit == "lines" else " ")
+            + join(t for t in split(v) if t not in common) for c, v in values.items()}
+
+
+def collapse(rows: list) -> list:
+    """Allowed rows of one rule, when there are many (26 setup-header fields), as one row."""
+    from .diff import Row
+
+    by_rule: dict[str, list] = {}
+    for r in rows:
+        if r.kind == ALLOWED_ROW:
+            by_rule.setdefault(r.rule, []).append(r)
+    out = []
+    for r in rows:
+        same = by_rule.get(r.rule, []) if r.kind == ALLOWED_ROW else []
+        if len(same) <= COLLAPSE_ROWS:
+            out.append(r)
+        elif r is same[0]:
+            out.append(Row(f"{r.rule} ({len(same)} fields)", ALLOWED_ROW,
+                           {c: "(values in --json)" if i == 0 else "" for i, c in enumerate(r.values)},
+                           r.reason, r.rule))
+    return out
 
 
 def _cell_text(value: str | None):
@@ -51,12 +91,13 @@ def print_report(groups: list[Group], console=None, show_reasons: bool = True) -
             table.add_column(Text(head), overflow="fold")
         table.add_column("class", no_wrap=True)
         notes: dict[str, int] = {}  # reason -> footnote number, each reason printed once below
-        for row in sorted(g.rows, key=lambda r: ORDER[r.kind]):
+        for row in sorted(collapse(g.rows), key=lambda r: ORDER[r.kind]):
             label = Text(row.kind, style=KIND_STYLE[row.kind])
             if show_reasons and row.reason:
                 n = notes.setdefault(row.reason, len(notes) + 1)
                 label.append(f" [{n}]")
-            table.add_row(Text(row.field), *(_cell_text(row.values.get(c)) for c in g.columns), label)
+            shown = shown_values(row.values)
+            table.add_row(Text(row.field), *(_cell_text(shown.get(c)) for c in g.columns), label)
         if g.rows:
             console.print(table)
             for reason, n in notes.items():
