@@ -10,6 +10,7 @@ import pytest
 from pvhboot.cli import main
 from pvhboot.compare.cells import path_specs
 from pvhboot.compare.engine import Options, plan_cells
+from pvhboot.errors import ConfigError
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -99,3 +100,25 @@ def test_bad_cluster_address_is_one_line(capsys):
     pytest.importorskip("distributed", reason="Dask distributed is not installed (pip install 'pvhboot[cluster]')")
     rc, _, err = run_cli(capsys, "--cpus", "1", "--cluster", "bogus://x")
     assert rc == 2 and err.startswith("pvhboot: error: --cluster bogus://x: cannot connect"), err
+
+
+def test_collector_initramfs_follows_the_users_initrd(tmp_path):
+    """Linux cells get busybox + the collector as `pvhboot run`'s command, after the user's initrd
+    (concatenated newc archives, 4-byte aligned; the collector's /init is unpacked last and runs)."""
+    import subprocess
+
+    from pvhboot.commands.compare import _collector_initramfs
+    from pvhboot.commands.run import find_busybox
+
+    try:
+        find_busybox()
+    except ConfigError as e:
+        pytest.skip(f"no static busybox: {e}")
+    user = tmp_path / "user.cpio"
+    user.write_bytes(b"070701" + b"x" * 101)  # 107 bytes: padded to 108
+    out = _collector_initramfs(str(tmp_path), str(user))
+    with open(out, "rb") as f:
+        data = f.read()
+    assert data[:107] == user.read_bytes() and data[107:108] == b"\0" and data[108:114] == b"070701"
+    names = subprocess.run(["cpio", "-it"], input=data[108:], capture_output=True).stdout.decode().split()
+    assert {"init", "root/collect.sh", "bin/busybox"} <= set(names)
