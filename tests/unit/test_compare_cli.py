@@ -35,7 +35,7 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     (["--seed-fault", "cmdline-cut:linux32"], "path 'linux32' is not compared"),
     (["--cpus", "1", "--seed-fault", "madt-cpu-missing:pvh"], "at least 2 vCPUs"),
     (["--json", "/nonexistent/dir/x.json"], "cannot write --json /nonexistent/dir/x.json"),
-    (["--json", "/dev/null"], "--json"),
+    (["--json", "/"], "refusing to write --json /: a directory"),
     (["/dev/zero"], "kernel"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):
