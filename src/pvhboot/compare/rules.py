@@ -131,9 +131,6 @@ LINUX_RULES: tuple[FieldRule, ...] = (
     FieldRule("bp.hdr.*", ALLOWED, _PVH_SYNTH),
     FieldRule("bp.e820_entries", ALLOWED, _PVH_E820),
     FieldRule("bp.e820_table.*", ALLOWED, _PVH_E820),
-    FieldRule("bp.sentinel", ALLOWED,
-              "boot.rst: a loader that copies the setup header must clear the sentinel byte; the bzImage "
-              "has it set, the zero page a PVH entry builds starts all zero"),
 )
 
 
