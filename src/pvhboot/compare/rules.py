@@ -108,7 +108,7 @@ LINUX_RULES: tuple[FieldRule, ...] = (
     FieldRule("cpu.flag.la57", ALLOWED, _LA57),
     FieldRule("MemTotal", ALLOWED,
               f"{_LA57}; with 5-level paging MAX_PHYSMEM_BITS is 52, not 46 (asm/sparsemem.h), so the "
-              f"mem_section root array (mm/sparse.c) takes 1 MiB instead of 16 KiB, plus one page-table "
+              f"mem_section root array (mm/sparse.c) takes 1 MiB instead of 16 KiB, plus a few page-table "
               f"pages: {LA57_MEMTOTAL_KIB}-{LA57_MEMTOTAL_KIB + LA57_PAGE_TABLE_KIB} kB less, and only that",
               when=_memtotal_explained_by_la57),
     # boot_params as the kernel kept it (/sys/kernel/boot_params/data).
