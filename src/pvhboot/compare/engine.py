@@ -126,7 +126,9 @@ def record_of(cell: Cell, result: dict) -> dict:
     return rec
 
 
-def run_cells(cells: list[Cell], jobs: int, cluster: str | None = None, progress=None) -> list[dict]:
+def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None) -> list[dict]:
+    """Boot ``cells``: ``jobs`` child processes at a time here, or on a Dask cluster (a scheduler
+    address, or a connected distributed.Client)."""
     if cluster:
         from .cluster import run_cells_on_cluster
 
