@@ -119,5 +119,5 @@ def print_report(groups: list[Group], console=None, show_reasons: bool = True) -
                 text += "\n" + rec["stderr"]
             if not rec.get("crash_report") and rec.get("console_tail"):
                 text += "\nlast console lines:\n" + rec["console_tail"]
-            console.print(Text(text.rstrip()))
+            console.print(Text(text.rstrip()), soft_wrap=True)  # a crash report keeps its own lines
         console.print()
