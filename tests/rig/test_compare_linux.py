@@ -4,8 +4,10 @@
 * The unmodified kernel through every path (pvh of its extracted vmlinux, linux64 and linux32 of the
   bzImage, linux64 of the vmlinux), 2 vCPUs, 256 MiB: every path boots and the only differences are
   the allowed, explained ones (pvhboot.compare.rules.LINUX_RULES; the README lists them).
-* Each seeded fault at one cell, compared against that clean run as --baseline: a finding naming the
-  field that moved (MemTotal, ACPI tables, cpus, /proc/cmdline).
+* Three seeded faults at one cell each, compared against that clean run as --baseline: a finding
+  naming the field that moved (MemTotal and the memory map; cpus and the MADT; ACPI tables).  The
+  fourth, cmdline-cut, ran here too (a finding on `cmdline`, 2026-12-01) and is kept in the kvm tier
+  only, to hold the rig run near 3 minutes (7 inner boots of ~17-25 s).
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ COMMON = "--cpus 2 --memory 256M --jobs 1 --timeout 60 --quiet"
 FAULTS = [
     ("memmap-ram-dropped", "pvh", {"MemTotal", "memmap"}),
     ("madt-cpu-missing", "linux64", {"cpu.possible", "cpu.present", "cpu.online", "acpi.table.APIC"}),
-    ("cmdline-cut", "linux64-vmlinux", {"cmdline"}),
     ("rsdp-missing", "linux32", {"acpi.table.APIC", "acpi.table.FACP", "cpu.possible", "exit"}),
 ]
 # Prints the parts of a --json document the tests read (the whole one is large for a serial console).
