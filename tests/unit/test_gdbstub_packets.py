@@ -152,14 +152,19 @@ def test_split_watch_gives_aligned_pieces(addr, length, pieces):
     assert g.split_watch(addr, length) == pieces
 
 
-def test_parse_address():
-    assert g.parse_address("1234") == ("127.0.0.1", 1234)
-    assert g.parse_address(":1234") == ("127.0.0.1", 1234)
-    assert g.parse_address("0.0.0.0:1") == ("0.0.0.0", 1)
-    assert g.parse_address("[::1]:9") == ("::1", 9)
-    for bad in ("", "host:", "x:70000", "nope"):
+def test_gdb_address_and_wait_options():
+    from pvhboot.vmm.config import VmConfig, check_gdb_address
+
+    assert check_gdb_address("1234") == ("127.0.0.1", 1234)
+    assert check_gdb_address(":1234") == ("127.0.0.1", 1234)
+    assert check_gdb_address("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert check_gdb_address("[::1]:9") == ("::1", 9)
+    for bad in ("", "host:", "x:70000", "nope", "1:-5", 1234):
         with pytest.raises(ConfigError):
-            g.parse_address(bad)
+            check_gdb_address(bad)
+    assert VmConfig(gdb="0", gdb_wait=True).gdb == "0"
+    with pytest.raises(ConfigError, match="--gdb-wait needs --gdb"):
+        VmConfig(gdb_wait=True)
 
 
 def test_thread_ids():

@@ -45,6 +45,7 @@ import threading
 
 from ..abi import kvm as abi
 from ..errors import ConfigError
+from .config import check_gdb_address
 
 # --- the packet layer (pure; unit-tested over a socketpair) ---------------------------------------------
 
@@ -390,19 +391,6 @@ MONITOR_HELP = ("monitor disas [ADDR [N]]  disassemble N instructions at ADDR (d
                 "monitor mode              the selected vCPU's mode, paging, CR0/CR4/EFER\n"
                 "monitor mechanisms        how breakpoints, watchpoints and steps work on this KVM\n")
 
-def parse_address(text: str) -> tuple[str, int]:
-    """'[HOST:]PORT' -> (host, port); localhost unless a host is given; port 0 picks a free one."""
-    host, _, port_s = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ConfigError(f"invalid --gdb {text!r} (use [HOST:]PORT, e.g. 1234 or 0.0.0.0:1234)") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"invalid --gdb port {port} (0..65535)")
-    return host, port
-
-
 class StopEvent:
     __slots__ = ("index", "signal", "reason", "addr")
 
@@ -452,7 +440,7 @@ class GdbStub:
         self.mem = machine.mem
         self.wait = wait
         self._log_stream = log if log is not None else sys.stderr
-        host, port = parse_address(address)
+        host, port = check_gdb_address(address)
         try:
             self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
                                                   else socket.AF_INET)
