@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +35,7 @@ START_INFO_MAGIC = 0x336EC578
 HDR_MAGIC = 0x53726448  # "HdrS", boot_params.hdr.header (Documentation/arch/x86/boot.rst)
 BP_HEADER, BP_E820_ENTRIES = 0x202, 0x1E8  # offsets in struct boot_params (bootparam.h)
 CMDLINE = "console=ttyS0 quiet nokaslr panic=-1 reboot=t gdbmarker=42"
-INIT_SH = r"""#!/bin/sh
-grep -E ' (startup_64|start_kernel|boot_params|boot_command_line)$' /proc/kallsyms | sed 's/^/KSYM /'
+INIT_SH = r"""grep -E ' (startup_64|start_kernel|boot_params|boot_command_line)$' /proc/kallsyms | sed 's/^/KSYM /'
 echo GDB-USERSPACE-UP
 """
 
@@ -124,11 +121,7 @@ def _ldd(path: Path) -> list[str]:
 
 def _init_cpio() -> bytes:
     buf = io.BytesIO()
-    with tempfile.NamedTemporaryFile("w", suffix=".sh") as script:
-        script.write(INIT_SH)
-        script.flush()
-        os.chmod(script.name, 0o755)
-        write_run_initramfs(buf, ["sh", "/root/init.sh"], files=[(script.name, "root/init.sh")])
+    write_run_initramfs(buf, ["sh", "-c", INIT_SH])  # quoted for sh by the /init writer
     return buf.getvalue()
 
 
