@@ -544,9 +544,7 @@ class GdbStub:
             slot.inject = abi.KVM_GUESTDBG_INJECT_BP if record.exception == 3 else abi.KVM_GUESTDBG_INJECT_DB
             self._apply_debug(slot)
             return True
-        with self.cond:
-            self.pause_requested = True
-        self.ctl.kick_all()
+        self._request_pause()
         self.park(vcpu, event)
         return not self.ctl.stopping
 
@@ -657,7 +655,8 @@ class GdbStub:
     def _request_pause(self) -> None:
         with self.cond:
             self.pause_requested = True
-        self.ctl.kick_all()
+        if not self.ctl.stopping:  # a stopping VM's threads are leaving (or gone): nothing to kick
+            self.ctl.kick_all()
 
     def _wait_all_parked(self) -> None:
         with self.cond:
@@ -874,6 +873,10 @@ class GdbStub:
         except OSError:
             pass
         if not self.attached:
+            return
+        if self.ctl.stopping or self._closing:
+            # The VM is over: no pause (its kick would signal vCPU threads that may be gone).
+            self.attached = False
             return
         # Detach (or a client gone): stop everything if it runs, take every breakpoint out of the
         # guest, and let every vCPU run on without guest debugging.
