@@ -441,10 +441,14 @@ class GdbStub:
         self.wait = wait
         self._log_stream = log if log is not None else sys.stderr
         host, port = check_gdb_address(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
-                                                  else socket.AF_INET)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(1)
         except (OSError, OverflowError) as e:
+            self._listener.close()
             raise ConfigError(f"cannot listen for gdb on {host}:{port}: {getattr(e, 'strerror', None) or e}") \
                 from None
         self.address = self._listener.getsockname()[:2]
