@@ -16,7 +16,8 @@ EXIT_CRASH = 1
 EXIT_STATUS_HELP = (
     "Exit status: the guest's -- 0 after an ACPI power-off, a reset or Ctrl-A x; the value V written "
     "to the debug-exit port 0xf4, as its low byte, except that a non-zero V whose low byte is 0 "
-    "(0x100, 0x200, ...) exits 1 with a warning, so a failure never reads as success. 1 when the "
+    "(0x100, 0x200, ...) exits 1, so a failure never reads as success (a V above 0xff is warned "
+    "about on stderr). 1 when the "
     "guest crashed or hit --timeout (a crash report on stderr); 2 for a user error (one line on "
     "stderr).")
 
