@@ -91,3 +91,19 @@ def test_events_json_is_a_normal_file(tmp_path):
                        capture_output=True, timeout=60, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022))
     assert p.returncode == 3, p.stderr
     assert stat.S_IMODE(os.stat(events).st_mode) == 0o644 and b'"exit_code": 3' in events.read_bytes()
+
+
+def test_port80_flood_keeps_the_event_record_bounded(tmp_path):
+    """32-bit: mov ecx, 10000 ; L: mov al, 0x42 ; out 0x80, al ; loop L ; debug exit 0."""
+    from pvhboot.vmm import MicroVM
+    from pvhboot.vmm.builder import EVENTS_KEPT
+
+    n = 10000
+    code = bytes([0xB9]) + struct.pack("<I", n) + bytes([0xB0, 0x42, 0xE6, 0x80, 0xE2, 0xFA])
+    code += bytes([0xB8]) + struct.pack("<I", 0) + bytes([0xE7, 0xF4, 0xF4])
+    kernel = synthetic_kernel(tmp_path, code)
+    with MicroVM(kernel, memory=64 * MiB, protocol="pvh", console=None, timeout=120) as vm:
+        r = vm.run()
+    assert r.reason == "debug_exit" and r.exit_code == 0
+    assert len(r.boot_markers) == EVENTS_KEPT and len(r.events) == EVENTS_KEPT
+    assert r.events_dropped == n + 1 - EVENTS_KEPT  # the markers beyond the cap, and the debug exit
