@@ -109,6 +109,13 @@ def test_oversized_symbol_map_is_refused(tmp_path, vmlinux):
         load_symbols(big)
 
 
+def test_oversized_kernel_is_refused(tmp_path):
+    big = tmp_path / "vmlinux"
+    with open(big, "wb") as f:  # sparse: no disk, no time
+        f.truncate((2 << 30) + 1)
+    assert_user_error(pvhboot("inspect", big), "larger than the 2 GiB a kernel can be")
+
+
 def test_oversized_report_is_refused(tmp_path):
     big = tmp_path / "console.log"
     with open(big, "wb") as f:
@@ -323,9 +330,26 @@ def test_console_output_keeps_a_bounded_tail():
     from pvhboot.vmm.builder import ConsoleOutput
 
     c = ConsoleOutput(None, tail=1024)
-    for i in range(5000):
-        c(bytes([i % 256]) * 100)
-    assert c.total == 500000 and len(c.captured) == 1024
-    assert len(c._buf) <= 2 * 1024 + 100
-    assert c.captured == (bytes([4999 % 256]) * 100)[-24:].rjust(1024, b"?")[-1024:] or \
-        c.captured.endswith(bytes([4999 % 256]) * 100)
+    stream = [bytes([i % 256]) * 100 for i in range(5000)]
+    for chunk in stream:
+        c(chunk)
+        assert len(c._buf) <= 2 * 1024
+    assert c.total == 500000 and c.captured == b"".join(stream[-11:])[-1024:]
+
+
+def test_run_console_filter_keeps_a_bounded_hidden_log():
+    """`run` hides the kernel log before its marker; a guest that floods it (with or without
+    newlines) must not grow the VMM: only a tail is kept for the failure report."""
+    import io
+
+    from pvhboot.commands.run import HIDDEN_TAIL, ConsoleFilter
+
+    out = io.BytesIO()
+    f = ConsoleFilter(out)
+    for _ in range(200):
+        f.write(b"x" * 50000)  # 10 MB, no newline
+    for _ in range(200):
+        f.write(b"kernel log line\n" * 3000)
+    assert len(f.hidden) <= 2 * HIDDEN_TAIL and len(f._line) <= HIDDEN_TAIL + 50000
+    f.write(b"PVHBOOT-BEGIN\nhello\nPVHBOOT-EXIT=3\n")
+    assert out.getvalue() == b"hello\n" and f.exit_status == 3
