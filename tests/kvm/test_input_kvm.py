@@ -107,3 +107,16 @@ def test_port80_flood_keeps_the_event_record_bounded(tmp_path):
     assert r.reason == "debug_exit" and r.exit_code == 0
     assert len(r.boot_markers) == EVENTS_KEPT and len(r.events) == EVENTS_KEPT
     assert r.events_dropped == n + 1 - EVENTS_KEPT  # the markers beyond the cap, and the debug exit
+
+
+@pytest.mark.parametrize("args", [("boot", "KERNEL"), ("conformance",)])
+def test_closed_pipe_keeps_the_guest_status(tmp_path, args):
+    """`pvhboot boot K | head`: the guest runs to its end and its status is the exit status, with
+    nothing on stderr; the probe's verdict likewise for conformance."""
+    kernel = synthetic_kernel(tmp_path, console_flood(4, 42))  # 16 KiB of console into the closed pipe
+    r, w = os.pipe()
+    os.close(r)
+    p = subprocess.run([sys.executable, "-m", "pvhboot", *[kernel if a == "KERNEL" else a for a in args]],
+                       stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120)
+    os.close(w)
+    assert p.returncode == (42 if args[0] == "boot" else 0) and p.stderr == b"", p
