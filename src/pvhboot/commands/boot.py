@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..files import write_output
+from ._util import builtin_probe
 from .vm_options import add_vm_options, vm_config_from_args
 
 EXIT_CRASH = 1
@@ -36,7 +37,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..vmm import MicroVM
 
-    config = vm_config_from_args(args, kernel=args.kernel)
+    config = vm_config_from_args(args, kernel=args.kernel or builtin_probe())
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(config=config, stdin=stdin_is_tty) as vm:
         record = vm.run()

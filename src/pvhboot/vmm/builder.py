@@ -401,7 +401,9 @@ class MicroVM:
         elif kernel is not None or options:
             raise TypeError("MicroVM takes either a VmConfig or keyword options, not both")
         if config.kernel is None:
-            config = config.with_(kernel=_builtin_probe())
+            # The runtime boots the kernel it is given; which one (the probe, for `pvhboot boot`
+            # without KERNEL) is the caller's choice (commands/_util.py builtin_probe).
+            raise ConfigError("no kernel given")
         self.config = config
         self.kernel_path = config.kernel
         self.console, self.mutate, self.stdin = console, mutate, stdin
@@ -483,14 +485,6 @@ class _LazySymbols:
         from .crash import load_symbol_table
 
         return load_symbol_table(None, self._elf)
-
-
-def _builtin_probe() -> str:
-    try:
-        from ..probe import probe_path
-    except ImportError:
-        raise ConfigError("the built-in probe is not part of this installation; name a KERNEL") from None
-    return str(probe_path())
 
 
 def _phys_to_virt(image) -> int:
