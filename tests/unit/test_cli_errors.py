@@ -97,6 +97,12 @@ def test_special_file_as_option(option, special, fifo, tmp_path, vmlinux):
     assert_user_error(pvhboot(*args), "not a regular file")
 
 
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_special_file_for_run_file(special, fifo):
+    path = fifo if special == "fifo" else special
+    assert_user_error(pvhboot("run", "--file", f"{path}:/x", "--", "true"), "--file")
+
+
 def test_oversized_symbol_map_is_refused(tmp_path, vmlinux):
     from pvhboot.errors import ImageError
     from pvhboot.files import SYMBOL_MAP_LIMIT
