@@ -97,8 +97,8 @@ try:
 except subprocess.TimeoutExpired as e:
     result["gdb"] = (e.stdout or b"").decode(errors="replace") + "\n@@ gdb timed out"
 result["gdb_wall"] = round(time.monotonic() - t0, 1)
-try:
-    out, rest = vmm.communicate(timeout=150)
+try:  # after gdb's last `continue` the guest runs to user space and powers off; else end it now
+    out, rest = vmm.communicate(timeout=120 if "@run" in result["gdb"] else 5)
 except subprocess.TimeoutExpired:
     vmm.kill()
     out, rest = vmm.communicate()
@@ -154,6 +154,8 @@ def gdb_linux(debian_vmlinux) -> dict:
         files[f"rig/work/gdb-lib/{Path(lib).name}"] = Path(lib).read_bytes()
     script = ("pvhboot extract /rig/guest/vmlinuz -o /tmp/vmlinux >/dev/null || exit 90\n"
               "chmod 755 /rig/work/gdb\n"
+              # gdb and the stub talk over 127.0.0.1: the rig's init leaves the loopback down
+              "ip link set lo up 2>/dev/null || busybox ip link set lo up || ifconfig lo 127.0.0.1 up\n"
               "python3 /rig/work/gdb-inner.py\n")
     start = time.monotonic()
     try:
