@@ -473,6 +473,7 @@ class GdbStub:
         self.attached = False
         self._said_fallback = False
         self._said_soft_watch = False
+        self._foreign_traps = 0  # #BP/#DB handed back to the guest, logged (the first few)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -555,8 +556,19 @@ class GdbStub:
     def _classify(self, slot: _Slot, record) -> StopEvent | None:
         index = slot.vcpu.index
         if record.exception == 3:  # #BP: one of our int3s?
-            if record.pc in self.sw_bps:
+            if record.pc in self.sw_bps:  # KVM reports the int3's own address (VMX, SVM)
                 return StopEvent(index, reason="swbreak")
+            if record.pc - 1 in self.sw_bps:
+                # reported after the int3 (trap-style): put the pc back on the breakpoint, as gdb
+                # expects with swbreak (the original instruction runs when gdb steps over it)
+                regs = slot.vcpu.get_regs()
+                regs.rip -= 1
+                slot.vcpu.set_regs(regs)
+                return StopEvent(index, reason="swbreak")
+            if self._foreign_traps < 3:
+                self._foreign_traps += 1
+                self._log(f"gdb: #BP at {record.pc:#x} on vCPU {index} is not a breakpoint of ours: "
+                          "given back to the guest")
             return None
         for i, s in enumerate(self.dregs):
             if s is not None and record.dr6 & (1 << i):
@@ -573,6 +585,10 @@ class GdbStub:
                 return _RUN_ON
         if slot.stepping and self.attached:  # DR6.BS: the step gdb asked for is done
             return StopEvent(index)
+        if self._foreign_traps < 3:
+            self._foreign_traps += 1
+            self._log(f"gdb: #DB at {record.pc:#x} on vCPU {index} (DR6={record.dr6:#x}) is not ours: "
+                      "given back to the guest")
         return None  # the guest's own #DB (its TF or debug registers)
 
     def _soft_watch_hit(self, vcpu) -> int | None:
