@@ -105,6 +105,37 @@ except subprocess.TimeoutExpired:
 result["vmm_rc"] = vmm.returncode
 result["vmm_stdout"] = out.decode(errors="replace")[-3000:]
 result["vmm_stderr"] = (err + rest).decode(errors="replace")[-3000:]
+
+# 3. int3 forced (`monitor swbreak int3`) at the same 32-bit instruction: does KVM see it here?
+vmm = subprocess.Popen(BOOT + ["--gdb", "127.0.0.1:0", "--gdb-wait", "--timeout", "30"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+err = b""
+deadline = time.monotonic() + 60
+while b"listening on" not in err and time.monotonic() < deadline and vmm.poll() is None:
+    sel = selectors.DefaultSelector()
+    sel.register(vmm.stderr, selectors.EVENT_READ)
+    if sel.select(1.0):
+        err += os.read(vmm.stderr.fileno(), 4096)
+m = re.search(rb"listening on ([0-9.]+):(\d+)", err)
+if m:
+    open("/tmp/gdb-int3.gdb", "w").write("\n".join([
+        "set pagination off", "set confirm off",
+        f"target remote {m.group(1).decode()}:{m.group(2).decode()}",
+        "monitor swbreak int3", f"break *{case['entry_int3']:#x}", "continue", "echo @int3hit\\n",
+        "p/x $pc", "kill"]) + "\n")
+    try:
+        g = subprocess.run(["/rig/work/gdb", "-nx", "-batch", "-x", "/tmp/gdb-int3.gdb"], env=env,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        result["int3_gdb"] = g.stdout + g.stderr
+    except subprocess.TimeoutExpired:
+        result["int3_gdb"] = "@@ gdb timed out"
+try:
+    out, rest = vmm.communicate(timeout=40)
+except subprocess.TimeoutExpired:
+    vmm.kill()
+    out, rest = vmm.communicate()
+result["int3_vmm_rc"] = vmm.returncode
+result["int3_vmm_stderr"] = (err + rest).decode(errors="replace")[-2000:]
 print("INNER-GDB " + json.dumps(result), flush=True)
 '''
 
@@ -192,7 +223,8 @@ def test_breaks_at_pvh_entry_int3_long_mode_and_start_kernel(gdb_linux):
     assert {"entry", "int3", "startup64", "start_kernel", "run"} <= set(s), _describe(r)
     assert f"$1 = {r['entry']:#x}" in s["entry"], _describe(r)
     assert re.search(rf":\s+{START_INFO_MAGIC:#x}\s+0x00000001", s["entry"]), _describe(r)
-    assert "break (Z0): int3 (KVM_GUESTDBG_USE_SW_BP)" in s["entry"], _describe(r)  # hardware KVM
+    # the rig's KVM runs nested under QEMU TCG, where int3 never reaches KVM: break uses DR0-3
+    assert "break (Z0): debug registers (KVM nested under QEMU TCG" in s["entry"], _describe(r)
     assert "Breakpoint 1, " in s["entry"] + s["int3"], _describe(r)
     startup = s["startup64"]
     efer = re.search(r"\$4 = (0x[0-9a-f]+)", startup)
@@ -217,3 +249,14 @@ def test_continues_to_user_space(gdb_linux):
     assert "GDB-USERSPACE-UP" in r.get("vmm_stdout", ""), _describe(r)
     assert "exited normally" in r.get("gdb", ""), _describe(r)
     assert r.get("vmm_rc") == 0, _describe(r)
+
+
+def test_int3_does_not_reach_kvm_nested_under_tcg(gdb_linux):
+    """Why the stub does not use int3 in the rig: forced (`monitor swbreak int3`), the guest takes the
+    #BP itself (no IDT yet at the PVH entry: a triple fault) and KVM never reports it.  If this ever
+    passes the breakpoint instead, int3_unusable_reason's TCG rule can go."""
+    r = gdb_linux
+    out = r.get("int3_gdb", "")
+    assert "break (Z0): int3" in out, _describe(r) + "\n--- int3 session\n" + out
+    assert "Breakpoint 1, " not in out, out  # never reported as a stop
+    assert "triple fault" in r.get("int3_vmm_stderr", ""), r.get("int3_vmm_stderr")

@@ -280,3 +280,9 @@ def test_bench_gdb_step_is_registered_and_its_script_times_stepi():
     script = gdb_step.gdb_script(1234, 0x100000, 10, run_to_entry=True)
     assert "hbreak *0x100000" in script and "range(10)" in script and "target remote 127.0.0.1:1234" in script
     assert gdb_step.RATE.search("STEPI_PER_S=812.5").group(1) == "812.5"
+
+
+def test_where_int3_cannot_be_used():
+    assert "kvm_pvm" in g.int3_unusable_reason(True, "")
+    assert "QEMU TCG" in g.int3_unusable_reason(False, "model name\t: QEMU TCG CPU version 2.5+\n")
+    assert g.int3_unusable_reason(False, "model name\t: AMD EPYC 7B13\n") is None

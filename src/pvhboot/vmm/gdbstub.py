@@ -386,10 +386,31 @@ def debugregs(slots: list[DebugSlot | None]) -> tuple[int, ...]:
 
 # --- the stub ----------------------------------------------------------------------------------------
 
+def int3_unusable_reason(on_kvm_pvm: bool, cpuinfo: str | None = None) -> str | None:
+    """Why an ``int3`` in guest memory would never reach this VMM as KVM_EXIT_DEBUG, or None.
+
+    kvm_pvm: its emulator delivers #BP to the guest (platform.md).  A KVM that itself runs nested
+    under QEMU's TCG (the nested rig: ``-cpu max`` names itself "QEMU TCG CPU"): TCG checks only the
+    INTn intercept for ``int3``, not the #BP exception intercept KVM sets for KVM_GUESTDBG_USE_SW_BP,
+    so the guest takes its own #BP (seen: a triple fault at the PVH entry)."""
+    if on_kvm_pvm:
+        return "kvm_pvm does not report int3 to the VMM"
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(8192)
+        except OSError:
+            cpuinfo = ""
+    if "QEMU TCG CPU" in cpuinfo:
+        return "KVM nested under QEMU TCG: its int3 never reaches KVM"
+    return None
+
+
 MONITOR_HELP = ("monitor disas [ADDR [N]]  disassemble N instructions at ADDR (default: the pc) in the vCPU's "
                 "current mode (16/32/64-bit)\n"
                 "monitor mode              the selected vCPU's mode, paging, CR0/CR4/EFER\n"
-                "monitor mechanisms        how breakpoints, watchpoints and steps work on this KVM\n")
+                "monitor mechanisms        how breakpoints, watchpoints and steps work on this KVM\n"
+                "monitor swbreak int3|hw|auto  how later `break`s are set (auto: int3 where KVM sees it)\n")
 
 class StopEvent:
     __slots__ = ("index", "signal", "reason", "addr")
@@ -456,7 +477,8 @@ class GdbStub:
         # kvm_pvm runs CPL0 guest code through KVM's instruction emulator (platform.md): int3 never
         # reaches user space, and data breakpoints in DR0-3 never fire (measured: a watch on the
         # probe's first store stays silent); exec breakpoints and single-step do work.
-        self.native_sw_bp = not machine.on_kvm_pvm
+        self.int3_unusable = int3_unusable_reason(machine.on_kvm_pvm)  # None: int3 reaches KVM
+        self.native_sw_bp = self.int3_unusable is None
         self.data_breakpoints = not machine.on_kvm_pvm
         # Without data breakpoints, write watchpoints are watched by single-stepping the vCPUs and
         # comparing the watched bytes after each instruction (what gdb calls a software watchpoint,
@@ -791,8 +813,7 @@ class GdbStub:
                     return True
             if not self._said_fallback:
                 self._said_fallback = True
-                why = ("kvm_pvm does not report int3 to the VMM" if not self.native_sw_bp
-                       else f"{addr:#x} is not mapped by the vCPU's paging yet")
+                why = self.int3_unusable or f"{addr:#x} is not mapped by the vCPU's paging yet"
                 self._log(f"gdb: software breakpoints use the debug registers ({why}); 4 in all, "
                           "shared with hbreak and watch")
             return self._take_slots([(addr, 1)], kind, addr)
@@ -1129,6 +1150,10 @@ class GdbStub:
             text = self._monitor_mode()
         elif words[0] == "mechanisms":
             text = self.mechanisms() + "\n"
+        elif words[0] == "swbreak" and len(words) == 2 and words[1] in ("int3", "hw", "auto"):
+            # how later `break`s are set: int3 in memory, a debug register, or what this KVM supports
+            self.native_sw_bp = {"int3": True, "hw": False, "auto": self.int3_unusable is None}[words[1]]
+            text = self.mechanisms() + "\n"
         else:
             return b"E16"
         for i in range(0, len(text), 512):
@@ -1161,7 +1186,7 @@ class GdbStub:
     def mechanisms(self) -> str:
         """What this KVM gives the debugger (also the `monitor mechanisms` text)."""
         sw = ("int3 (KVM_GUESTDBG_USE_SW_BP)" if self.native_sw_bp
-              else "debug registers (int3 does not reach the VMM on kvm_pvm)")
+              else f"debug registers ({self.int3_unusable or 'monitor swbreak hw'})")
         watch = ("debug registers" if self.data_breakpoints
                  else "single-stepping + compare (data breakpoints do not fire on kvm_pvm); write only")
         return (f"break (Z0): {sw}; hbreak (Z1): debug registers; watch (Z2-Z4): {watch}; "
