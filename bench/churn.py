@@ -21,7 +21,7 @@ def worker(seconds: float) -> None:
     from pvhboot.vmm import MicroVM
 
     def one():
-        with MicroVM(None, memory=MEMORY, console=None) as vm:
+        with MicroVM(common.probe_path(), memory=MEMORY, console=None) as vm:
             r = vm.run()
         if r.reason != "debug_exit" or r.exit_code != 0:
             raise SystemExit(f"probe VM ended with {r.reason} {r.exit_code}")

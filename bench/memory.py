@@ -45,7 +45,7 @@ def vm_hwm(status: str) -> int:
 def child(memory: int) -> None:
     from pvhboot.vmm import MicroVM
 
-    with MicroVM(None, memory=memory, console=None) as vm:
+    with MicroVM(common.probe_path(), memory=memory, console=None) as vm:
         r = vm.run()
         ranges = [(reg.host_addr, reg.host_addr + reg.size) for reg in vm.mem.regions]
         guest = rss_of_ranges(Path("/proc/self/smaps").read_text(), ranges)

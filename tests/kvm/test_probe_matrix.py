@@ -10,6 +10,8 @@ import dataclasses
 
 import pytest
 
+from pvhboot.boot import Blob
+from pvhboot.probe import probe_path
 from pvhboot.probe.report import parse_report
 from pvhboot.vmm import MicroVM
 
@@ -43,13 +45,13 @@ def boot(**kw):
     extra = {}
     kw.setdefault("console", None)
     kw.setdefault("timeout", 60)
-    with MicroVM(None, **kw) as vm:
+    with MicroVM(str(probe_path()), **kw) as vm:
         record = vm.run()
         plan = vm.loaded.plan
         if kw.get("protocol") == "pvh":
             from pvhboot.boot.convert import start_info_to_boot_params
 
-            si = plan.find("start_info")
+            si = plan.find(Blob.START_INFO)
             extra["expected_bp"] = start_info_to_boot_params(vm.mem.read(si.addr, 56), vm.mem.read)
         extra["plan"] = plan
     return record, parse_report(record.console), extra
@@ -91,7 +93,7 @@ def test_probe_passes(protocol, cpus, with_initrd, long_cmdline, memory, initrd)
         assert rep.int_fact("start_info.nr_modules") == (1 if with_initrd else 0)
         if with_initrd:
             paddr, size, _ = (int(v, 0) for v in rep.facts["start_info.mod.0"].split())
-            assert size == len(data) and paddr == extra["plan"].find("initrd").addr
+            assert size == len(data) and paddr == extra["plan"].find(Blob.INITRD).addr
             assert rep.facts["start_info.mod.0.head"] == data[:16].hex()
         # The probe's conversion (as Linux does it in the guest) equals pvhboot's prediction.
         bp = extra["expected_bp"]
@@ -107,7 +109,7 @@ def test_probe_passes(protocol, cpus, with_initrd, long_cmdline, memory, initrd)
     else:
         assert rep.int_fact("boot_params.ramdisk_size") == (len(data) if with_initrd else 0)
         if with_initrd:
-            assert rep.int_fact("boot_params.ramdisk_image") == extra["plan"].find("initrd").addr
+            assert rep.int_fact("boot_params.ramdisk_image") == extra["plan"].find(Blob.INITRD).addr
             assert rep.facts["boot_params.ramdisk.head"] == data[:16].hex()
 
 
@@ -131,14 +133,14 @@ def ebx_off_by_8(loaded, mem):
 
 
 def unsorted_memmap(loaded, mem):
-    mm = loaded.plan.find("memmap").addr
+    mm = loaded.plan.find(Blob.MEMMAP).addr
     first, second = mem.read(mm, 24), mem.read(mm + 24, 24)
     mem.write(mm, second + first)
     return loaded
 
 
 def bad_rsdp_checksum(loaded, mem):
-    rsdp = loaded.plan.find("acpi_rsdp").addr
+    rsdp = loaded.plan.find(Blob.ACPI_RSDP).addr
     assert mem.read(rsdp, 8) == b"RSD PTR "
     mem.write(rsdp + 8, bytes([(mem.read(rsdp + 8, 1)[0] + 1) & 0xFF]))
     return loaded
@@ -146,9 +148,9 @@ def bad_rsdp_checksum(loaded, mem):
 
 def cmdline_without_nul(loaded, mem):
     """The command line's NUL and the 2 KiB after it overwritten (nothing else lives there)."""
-    at = loaded.plan.find("cmdline").addr
+    at = loaded.plan.find(Blob.CMDLINE).addr
     assert mem.read(at, 6) == b"probe\0"
-    others = [p for p in loaded.plan.placements if p.name != "cmdline"]
+    others = [p for p in loaded.plan.placements if p.blob is not Blob.CMDLINE]
     assert not [p for p in others if p.addr < at + 4096 and at < p.addr + p.size]
     mem.write(at, b"probe" + b"A" * 4091)
     return loaded

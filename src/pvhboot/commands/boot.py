@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
+from ..image.model import Protocol
+from ._placement import add_placement_options, placement_from_args, print_placement
 from ._util import parse_size, write_atomically
 
 EXIT_CRASH = 1
@@ -24,7 +26,7 @@ def add_parser(subparsers):
     p.add_argument("--cmdline", metavar="S", default="", help="kernel command line")
     p.add_argument("--memory", metavar="SIZE", default="512M", help="guest RAM, e.g. 512M or 6G (default 512M)")
     p.add_argument("--cpus", metavar="N", type=int, default=1, help="vCPUs (default 1)")
-    p.add_argument("--protocol", choices=("auto", "pvh", "linux32", "linux64"), default="auto",
+    p.add_argument("--protocol", choices=Protocol.choices(), default="auto",
                    help="entry protocol; auto: PVH when the kernel has the Xen PHYS32_ENTRY note, else linux64")
     p.add_argument("--timeout", metavar="S", type=float, default=None,
                    help="stop the guest after S seconds of wall time, with a report")
@@ -33,6 +35,7 @@ def add_parser(subparsers):
                    help="make every write to COM1's THR a full VM exit (by default THR is a coalesced "
                         "PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
     p.add_argument("--events-json", metavar="FILE", help="write the exit record and boot markers as JSON")
+    add_placement_options(p)
     return p
 
 
@@ -50,10 +53,19 @@ def run(args) -> int:
                 open(path, "rb").close()
             except OSError as e:
                 raise ConfigError(f"cannot read {name} {path}: {e.strerror}") from None
+    load_addr, kaslr_seed = placement_from_args(args)
+    kernel = args.kernel
+    if kernel is None:  # the runtime boots what it is given; the default guest is this command's choice
+        from ..probe import probe_path
+
+        kernel = str(probe_path())
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    with MicroVM(args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
+    with MicroVM(kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
                  protocol=args.protocol, timeout=args.timeout, symbols=args.symbols,
-                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart) as vm:
+                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart,
+                 load_addr=load_addr, kaslr_seed=kaslr_seed) as vm:
+        vm.build()
+        print_placement(vm.loaded.plan.kernel_placement)
         record = vm.run()
     if args.events_json:
         write_atomically(args.events_json, [record.to_json_bytes()])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
+from ..image.model import Protocol
 from ._util import parse_size
 
 PLACEHOLDER = "{probe}"
@@ -31,7 +32,7 @@ def add_parser(subparsers):
     p.add_argument("--cpus", metavar="N", type=int, default=1, help="vCPUs under pvhboot (default 1)")
     p.add_argument("--initrd", metavar="FILE", help="initrd (PVH module 0) under pvhboot")
     p.add_argument("--cmdline", metavar="S", default="", help="command line under pvhboot")
-    p.add_argument("--protocol", choices=("pvh", "linux64"), default="pvh",
+    p.add_argument("--protocol", choices=(Protocol.PVH.value, Protocol.LINUX64.value), default="pvh",
                    help="entry protocol under pvhboot (default pvh)")
     p.add_argument("--timeout", metavar="S", type=float, default=60.0, help="wall-clock limit (default 60 s)")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
@@ -43,6 +44,7 @@ def add_parser(subparsers):
 
 def run_under_pvhboot(args) -> tuple[bytes, str]:
     """The probe under pvhboot's own runtime: (console bytes, one line about how it ended)."""
+    from ..probe import probe_path
     from ..vmm import MicroVM
 
     if args.cpus < 1:
@@ -52,7 +54,7 @@ def run_under_pvhboot(args) -> tuple[bytes, str]:
             open(args.initrd, "rb").close()
         except OSError as e:
             raise ConfigError(f"cannot read --initrd {args.initrd}: {e.strerror}") from None
-    with MicroVM(None, initrd=args.initrd, cmdline=args.cmdline, memory=parse_size(args.memory),
+    with MicroVM(str(probe_path()), initrd=args.initrd, cmdline=args.cmdline, memory=parse_size(args.memory),
                  cpus=args.cpus, protocol=args.protocol, console=None, timeout=args.timeout) as vm:
         record = vm.run()
     if record.crash_report:

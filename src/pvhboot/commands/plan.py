@@ -1,13 +1,15 @@
-"""`pvhboot plan KERNEL [--memory 512M] [--initrd F] [--cmdline S] [--cpus N] [--protocol P] [--json]`:
+"""`pvhboot plan KERNEL [--memory 512M] [--initrd F] [--cmdline S] [--cpus N] [--protocol P]
+[--load-addr ADDR | --kaslr[=SEED]] [--json]`:
 the builder's dry run -- the memory map the guest would be told and where every blob would go.
 Nothing is mapped or written."""
 from __future__ import annotations
 
 from ..abi.e820 import E820Type
-from ..boot import PROTOCOLS, BootConfig, plan_guest, resolve_protocol
+from ..boot import BootConfig, Protocol, plan_guest, resolve_protocol
 from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
+from ._placement import add_placement_options, describe_placement, placement_from_args
 from ._util import emit_report, parse_size
 
 
@@ -22,19 +24,24 @@ def add_parser(subparsers):
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
     p.add_argument("--cmdline", default="", metavar="S", help="kernel command line")
     p.add_argument("--cpus", type=int, default=1, metavar="N", help="vCPUs (default 1)")
-    p.add_argument("--protocol", choices=("auto",) + PROTOCOLS, default="auto",
+    p.add_argument("--protocol", choices=Protocol.choices(), default="auto",
                    help="entry protocol (default auto: pvh when the kernel has the PVH note, "
                         "else linux64)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_placement_options(p)
     return p
 
 
 def build_report(kernel, config: BootConfig, plan) -> dict:
+    where = plan.kernel_placement
     return {
         "kernel": kernel.path,
         "format": kernel.format,
-        "protocol": plan.protocol,
+        "protocol": plan.protocol.value,
         "entry": plan.entry,
+        "kernel_placement": {"load_addr": where.load_addr, "link_addr": where.link_addr,
+                             "offset": where.offset, "kaslr_seed": where.kaslr_seed,
+                             "phys32_reloc": where.window.to_json() if where.window else None},
         "memory": plan.memory,
         "cpus": config.cpus,
         "cmdline": config.cmdline,
@@ -55,6 +62,14 @@ def print_report(report: dict) -> None:
     console.print(f"[bold]{report['kernel']}[/bold] ({report['format']}): protocol "
                   f"[bold]{report['protocol']}[/bold], entry {report['entry']:#x}, "
                   f"{format_size(report['memory'])} RAM, {report['cpus']} vCPU(s)")
+    where = report["kernel_placement"]
+    if where["phys32_reloc"]:
+        w = where["phys32_reloc"]
+        console.print(f"PHYS32_RELOC window: {format_size(w['align'])}-aligned load addresses in "
+                      f"[{w['min']:#x}, {w['max']:#x}]")
+    line = describe_placement(where["load_addr"], where["link_addr"], where["kaslr_seed"])
+    if line:
+        console.print(line)
     e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")
     for col in ("start", "end", "size", "type"):
         e820.add_column(col, justify="right" if col != "type" else "left")
@@ -75,9 +90,11 @@ def print_report(report: dict) -> None:
 
 def run(args) -> int:
     memory = parse_size(args.memory)
+    load_addr, kaslr_seed = placement_from_args(args)
     kernel = load_kernel(args.kernel)
     config = BootConfig(memory=memory, cpus=args.cpus, cmdline=args.cmdline, initrd=args.initrd,
-                        protocol=resolve_protocol(kernel, args.protocol))
+                        protocol=resolve_protocol(kernel, args.protocol), load_addr=load_addr,
+                        kaslr_seed=kaslr_seed)
     plan = plan_guest(kernel, config)
     report = build_report(kernel, config, plan)
     emit_report(report, args.json, print_report)

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..image.model import Protocol
+from ._placement import add_placement_options, placement_from_args, print_placement
 from ._util import parse_size
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
@@ -218,12 +220,13 @@ def add_parser(subparsers):
     p.add_argument("--memory", default="256M", help="guest RAM (default 256M)")
     p.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    p.add_argument("--protocol", default="auto", choices=("auto", "pvh", "linux32", "linux64"))
+    p.add_argument("--protocol", default="auto", choices=Protocol.choices())
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
     p.add_argument("--initramfs-out", metavar="FILE",
                    help="write the generated initramfs to FILE and exit without booting")
+    add_placement_options(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     return p
 
@@ -245,6 +248,7 @@ def run(args) -> int:
     if args.cpus < 1:
         raise ConfigError(f"--cpus must be at least 1, not {args.cpus}")
     memory = parse_size(args.memory)
+    load_addr, kaslr_seed = placement_from_args(args)
     files = _parse_files(args.file)
     busybox = find_busybox()
     if args.initramfs_out:
@@ -274,7 +278,10 @@ def run(args) -> int:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
         vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
                      cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
+                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty(),
+                     load_addr=load_addr, kaslr_seed=kaslr_seed)
+        vm.build()
+        print_placement(vm.loaded.plan.kernel_placement)
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status

@@ -362,25 +362,26 @@ class _CallableConsole(ConsoleOutput):
 
 
 class MicroVM:
-    """Boot a kernel file (or the built-in probe) the PVH or Linux way.  Context manager; ``run()`` once.
+    """Boot a kernel file the PVH or Linux way.  Context manager; ``run()`` once.
 
     ``mutate(loaded_guest, mem) -> LoadedGuest`` is a test hook called after the boot structures are
     written and before the first KVM_RUN (mutation tests break one ABI rule with it).
     """
 
-    def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
+    def __init__(self, kernel: str, initrd: str | None = None, cmdline: str = "",
                  memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
                  timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False,
-                 coalesced_uart: bool = True):
-        from ..boot.config import PROTOCOLS
+                 coalesced_uart: bool = True, load_addr: int | None = None, kaslr_seed: int | None = None):
+        from ..image.model import Protocol
 
-        if protocol not in ("auto", *PROTOCOLS):
-            raise ConfigError(f"unknown protocol {protocol!r} (auto, {', '.join(PROTOCOLS)})")
+        if protocol not in Protocol.choices():
+            raise ConfigError(f"unknown protocol {protocol!r} ({', '.join(Protocol.choices())})")
         if not 1 <= cpus <= MAX_CPUS:
             raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
         if kernel is None:
-            kernel = _builtin_probe()
+            raise ConfigError("no kernel to boot")  # the command chooses a default (e.g. the probe)
         self.kernel_path = kernel
+        self.load_addr, self.kaslr_seed = load_addr, kaslr_seed
         self.initrd, self.cmdline, self.memory, self.cpus = initrd, cmdline, memory, cpus
         self.requested_protocol = protocol
         self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
@@ -427,7 +428,7 @@ class MicroVM:
             self.image = load_kernel(self.kernel_path)
             self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
             config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                                protocol=self.protocol)
+                                protocol=self.protocol, load_addr=self.load_addr, kaslr_seed=self.kaslr_seed)
             # --symbols is loaded now (a bad file is the user's error, before the guest runs); the
             # kernel's own .symtab only when a report needs it (seconds for a distro vmlinux).
             if self.symbols_path:
@@ -438,13 +439,14 @@ class MicroVM:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
             self.mem = GuestMemory(list(plan.ram_ranges))
-            loaded = load_guest(self.image, config, plan, self.mem)
+            loaded = load_guest(plan, self.mem)
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
                                    timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart)
+                                   phys_to_virt=_phys_to_virt(self.image) - plan.kernel_placement.offset,
+                                   coalesced_uart=self.coalesced_uart)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise
@@ -465,14 +467,6 @@ class _LazySymbols:
         from .crash import load_symbol_table
 
         return load_symbol_table(None, self._elf)
-
-
-def _builtin_probe() -> str:
-    try:
-        from ..probe import probe_path
-    except ImportError:
-        raise ConfigError("the built-in probe is not part of this installation; name a KERNEL") from None
-    return str(probe_path())
 
 
 def _phys_to_virt(image) -> int:
