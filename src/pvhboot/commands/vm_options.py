@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import secrets
 
 from ..errors import ConfigError
 
@@ -102,6 +101,8 @@ def vm_config_from_args(args: argparse.Namespace, **overrides):
         values["load_addr"] = _address(args.load_addr, "--load-addr")
     kaslr = getattr(args, "kaslr", None)
     if kaslr is not None:  # a bare --kaslr draws a seed here, so that it can be printed and replayed
+        import secrets
+
         values["kaslr_seed"] = _address(kaslr, "--kaslr seed") if kaslr else secrets.randbits(32)
     values.update(overrides)
     return VmConfig(**values)
