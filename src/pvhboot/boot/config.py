@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..abi.bootparam import setup_header
 from ..image.model import KernelImage, Protocol, RelocWindow
+from ..image.relocs import Relocations
 from .cpu_state import CpuState
 
 
@@ -105,12 +106,16 @@ class MemoryRegionSpec:
 class KernelPlacement:
     """Where the kernel went and why: ``load_addr`` of its first byte (``link_addr`` is its own),
     ``offset`` = the difference (the entry moved by it), the PHYS32_RELOC ``window`` when the kernel
-    has one, and the ``kaslr_seed`` a random placement was drawn with."""
+    has one, and the ``kaslr_seed`` a random placement was drawn with.  ``virt_offset``: how far the
+    kernel's virtual base was moved (PVH --kaslr with a relocation table; 0 otherwise), with the
+    ``relocations`` load_guest applies for it."""
 
     load_addr: int
     link_addr: int
     window: RelocWindow | None = None
     kaslr_seed: int | None = None
+    virt_offset: int = 0
+    relocations: Relocations | None = None
 
     @property
     def offset(self) -> int:

@@ -8,6 +8,7 @@ import os
 from ..errors import BootError, ConfigError, LayoutError
 from ..files import INITRD_LIMIT, open_regular
 from ..image.model import Protocol
+from ..image.relocs import apply_relocations
 from ..memory import GuestMemory
 from ..memory import layout as L
 from .acpi import configure_acpi
@@ -88,6 +89,10 @@ def load_guest(plan: BootPlan, mem: GuestMemory, *, fresh: bool = True) -> Loade
         if not mem.contains(gpa, size):
             raise LayoutError(f"guest memory does not back the planned RAM {gpa:#x}+{size:#x}")
     _load_kernel(mem, plan, fresh)
+    where = plan.kernel_placement
+    if where.virt_offset:  # --kaslr: the kernel's virtual base moves (what the bzImage decompressor does)
+        apply_relocations(where.relocations, where.virt_offset,
+                          [(s.addr - where.offset, mem.view(s.addr, s.filesz)) for s in plan.segments if s.filesz])
 
     initrd = plan.get(Blob.INITRD)
     if initrd is not None:

@@ -21,6 +21,7 @@ from ..abi.e820 import E820Type
 from ..abi.start_info import HVM_START_INFO_V0_SIZE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
 from ..errors import BootError, ConfigError, LayoutError
 from ..image.model import KernelImage, Protocol, RelocWindow
+from ..image.relocs import read_relocations
 from ..memory import layout as L
 from .config import (
     Blob,
@@ -183,8 +184,34 @@ def _place_kernel(kernel: KernelImage, config: BootConfig, link: tuple[KernelSeg
                           f"{format_size(config.memory)} of RAM")
     import random  # only for --kaslr: not on the builder's start-up path (bench 3)
 
-    addr = random.Random(config.kaslr_seed).choice(slots)
-    return _moved(link, addr - link_addr), KernelPlacement(addr, link_addr, window, config.kaslr_seed)
+    rng = random.Random(config.kaslr_seed)
+    addr = rng.choice(slots)
+    virt_offset, relocs = _virtual_offset(kernel, protocol, window, align, link_end, rng)
+    return _moved(link, addr - link_addr), KernelPlacement(addr, link_addr, window, config.kaslr_seed,
+                                                           virt_offset, relocs)
+
+
+def _virtual_offset(kernel: KernelImage, protocol: Protocol, window: RelocWindow, align: int,
+                    link_end: int, rng):
+    """(virtual offset, relocations) for --kaslr: a random ``align``-multiple that keeps the kernel
+    inside its virtual image window, as the bzImage decompressor's find_random_virt_addr() draws it
+    (arch/x86/boot/compressed/kaslr.c: slots of CONFIG_PHYSICAL_ALIGN from LOAD_PHYSICAL_ADDR up to
+    KERNEL_IMAGE_SIZE - image size).  PVH only (a bzImage booted with a Linux protocol randomizes
+    itself), and only with a relocation table after the ELF (a bzImage payload; not a linker's
+    vmlinux): (0, None) otherwise.  Linux's PHYS32_RELOC note states KERNEL_IMAGE_SIZE - 1 as its max
+    (arch/x86/platform/pvh/head.S), so the virtual window ends at window.max + 1.  The PVH entry
+    takes the shift: its early code runs through RIP-relative references, and __startup_64 derives
+    the kernel mapping from the relocated _text (proved in tests/rig/test_reloc.py)."""
+    if protocol is not Protocol.PVH or kernel.elf is None:
+        return 0, None
+    relocs = read_relocations(kernel.elf)
+    if relocs is None:
+        return 0, None
+    room = window.max + 1 - link_end  # the largest shift that keeps the image in the window
+    if room < 0:
+        return 0, None
+    slots = room // align + 1
+    return rng.randrange(slots) * align, relocs
 
 
 def encode_cmdline(kernel: KernelImage, cmdline: str) -> bytes:

@@ -34,6 +34,8 @@ def build_report(kernel, config: BootConfig, plan) -> dict:
         "entry": plan.entry,
         "kernel_placement": {"load_addr": where.load_addr, "link_addr": where.link_addr,
                              "offset": where.offset, "kaslr_seed": where.kaslr_seed,
+                             "virt_offset": where.virt_offset,
+                             "relocations": len(where.relocations) if where.relocations else None,
                              "phys32_reloc": where.window.to_json() if where.window else None},
         "memory": plan.memory,
         "cpus": config.cpus,
@@ -60,7 +62,7 @@ def print_report(report: dict) -> None:
         w = where["phys32_reloc"]
         console.print(f"PHYS32_RELOC window: {format_size(w['align'])}-aligned load addresses in "
                       f"[{w['min']:#x}, {w['max']:#x}]")
-    line = describe_placement(where["load_addr"], where["link_addr"], where["kaslr_seed"])
+    line = describe_placement(where["load_addr"], where["link_addr"], where["kaslr_seed"], where["virt_offset"])
     if line:
         console.print(line)
     e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")

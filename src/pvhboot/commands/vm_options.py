@@ -126,18 +126,19 @@ def default_kernel() -> str:
     return str(probe_path())
 
 
-def describe_placement(load_addr: int, link_addr: int, kaslr_seed: int | None) -> str | None:
+def describe_placement(load_addr: int, link_addr: int, kaslr_seed: int | None, virt_offset: int = 0) -> str | None:
     """One line about a moved kernel (None when it is at its own address)."""
     if kaslr_seed is None and load_addr == link_addr:
         return None
     how = f"--kaslr={kaslr_seed}" if kaslr_seed is not None else "--load-addr"
-    return f"kernel loaded at {load_addr:#x} (linked at {link_addr:#x}; {how})"
+    virt = f"; virtual base moved by {virt_offset:#x}" if virt_offset else ""
+    return f"kernel loaded at {load_addr:#x} (linked at {link_addr:#x}{virt}; {how})"
 
 
 def print_placement(where) -> None:
     """On stderr, where a moved kernel went (a boot.config.KernelPlacement), before the guest runs."""
     import sys
 
-    line = describe_placement(where.load_addr, where.link_addr, where.kaslr_seed)
+    line = describe_placement(where.load_addr, where.link_addr, where.kaslr_seed, where.virt_offset)
     if line:
         print(f"pvhboot: {line}", file=sys.stderr, flush=True)
