@@ -199,9 +199,14 @@ def _virtual_offset(kernel: KernelImage, protocol: Protocol, window: RelocWindow
     KERNEL_IMAGE_SIZE - image size).  PVH only (a bzImage booted with a Linux protocol randomizes
     itself), and only with a relocation table after the ELF (a bzImage payload; not a linker's
     vmlinux): (0, None) otherwise.  Linux's PHYS32_RELOC note states KERNEL_IMAGE_SIZE - 1 as its max
-    (arch/x86/platform/pvh/head.S), so the virtual window ends at window.max + 1.  The PVH entry
-    takes the shift: its early code runs through RIP-relative references, and __startup_64 derives
-    the kernel mapping from the relocated _text (proved in tests/rig/test_reloc.py)."""
+    (arch/x86/platform/pvh/head.S), so the virtual window ends at window.max + 1.
+
+    Why the PVH entry takes the shift (Debian 6.12, tests/rig/test_reloc.py): pvh_start_xen
+    computes the offset it adds to its kernel page tables as "where it runs - _pa(pvh_start_xen)",
+    and that immediate (`sub ebx, 0x1000a30`, twice) is itself in the relocation table, so the
+    tables it builds map the moved virtual range onto where the kernel is; the absolute references
+    of the C code it calls first (xen_prepare_pvh, e820__update_table) then land right, and
+    __startup_64 derives the final mapping from the relocated _text, as after the decompressor."""
     if protocol is not Protocol.PVH or kernel.elf is None:
         return 0, None
     relocs = read_relocations(kernel.elf)
