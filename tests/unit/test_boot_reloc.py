@@ -120,3 +120,14 @@ def test_protocol_choices_come_from_the_enum():
         sub = parser._subparsers._group_actions[0].choices[name]
         action = next(a for a in sub._actions if a.dest == "protocol")
         assert tuple(action.choices) == ("auto", "pvh", "linux32", "linux64") == Protocol.choices()
+
+
+def test_the_runtime_boots_only_what_it_is_given():
+    """Choosing the probe when no kernel is named is the commands' job (vm_options.default_kernel)."""
+    from pvhboot.commands.vm_options import default_kernel
+    from pvhboot.probe import probe_path
+    from pvhboot.vmm import MicroVM
+
+    with pytest.raises(ConfigError, match="no kernel to boot"):
+        MicroVM(memory=64 * MiB)
+    assert default_kernel() == str(probe_path())
