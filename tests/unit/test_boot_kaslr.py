@@ -105,3 +105,11 @@ def test_load_guest_applies_the_table_where_the_kernel_went():
         assert u32(8) == 2 + w.virt_offset and u32(16) == (4 - w.virt_offset) & 0xFFFFFFFF
         assert struct.unpack("<Q", mem.read(base + 32, 8))[0] == (9 << 32 | 8) + w.virt_offset
         assert u32(12) == 3
+
+
+def test_inspect_counts_the_table():
+    from pvhboot.commands.inspect import build_report
+
+    k = vmlinux_with_relocs(rel32=(LINK + 8,), inv32=(LINK + 16,), rel64=(LINK + 32, LINK + 40))
+    assert build_report(k)["relocations"] == {"rel32": 1, "inv32": 1, "rel64": 2}
+    assert build_report(vmlinux_with_relocs(trailer=b""))["relocations"] is None

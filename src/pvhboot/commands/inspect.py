@@ -49,6 +49,8 @@ def build_report(k: KernelImage) -> dict:
         "build_id": elf.build_id if elf else None,
         # the window a PVH loader may move the kernel in (absent fields: Xen's defaults)
         "phys32_reloc": reloc.to_json() if reloc is not None else None,
+        # the table a loader applies to move the virtual base (pvhboot boot --kaslr, PVH)
+        "relocations": _relocations(elf),
         "elf_class": elf.elf_class if elf else None,
         "machine": elf.machine if elf else None,
         "e_entry": elf.e_entry if elf else None,
@@ -63,6 +65,13 @@ def build_report(k: KernelImage) -> dict:
             "kernel_version_string": bz.version_string,
         })
     return report
+
+
+def _relocations(elf) -> dict | None:
+    from ..image.relocs import read_relocations
+
+    r = read_relocations(elf) if elf is not None else None
+    return None if r is None else {"rel32": len(r.rel32), "inv32": len(r.inv32), "rel64": len(r.rel64)}
 
 
 def _hex(v) -> str:
@@ -89,6 +98,9 @@ def print_report(r: dict) -> None:
     if r["phys32_reloc"]:
         w = r["phys32_reloc"]
         summary.add_row("phys32 reloc", f"load anywhere in [{w['min']:#x}, {w['max']:#x}] aligned to {w['align']:#x}")
+    if r.get("relocations"):
+        summary.add_row("relocations", ", ".join(f"{n} {k}" for k, n in r["relocations"].items())
+                        + " (the virtual base can move)")
     console.print(summary)
 
     if r.get("setup_header"):
