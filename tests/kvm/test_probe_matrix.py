@@ -10,11 +10,11 @@ import ctypes
 import dataclasses
 
 import pytest
+from support import probe_elf
 
 from pvhboot.abi.start_info import hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
 from pvhboot.boot import Blob
 from pvhboot.memory import layout
-from pvhboot.probe import probe_path
 from pvhboot.probe.report import parse_report
 from pvhboot.vmm import MicroVM
 
@@ -48,7 +48,7 @@ def boot(**kw):
     extra = {}
     kw.setdefault("console", None)
     kw.setdefault("timeout", 60)
-    with MicroVM(str(probe_path()), **kw) as vm:
+    with MicroVM(probe_elf(), **kw) as vm:
         record = vm.run()
         plan = vm.loaded.plan
         if kw.get("protocol") == "pvh":

@@ -123,11 +123,11 @@ def test_protocol_choices_come_from_the_enum():
 
 
 def test_the_runtime_boots_only_what_it_is_given():
-    """Choosing the probe when no kernel is named is the commands' job (vm_options.default_kernel)."""
-    from pvhboot.commands.vm_options import default_kernel
+    """Choosing the probe when no kernel is named is the commands' job (commands/_util.builtin_probe)."""
+    from pvhboot.commands._util import builtin_probe
     from pvhboot.probe import probe_path
     from pvhboot.vmm import MicroVM
 
-    with pytest.raises(ConfigError, match="no kernel to boot"):
+    with pytest.raises(ConfigError, match="no kernel given"):
         MicroVM(memory=64 * MiB)
-    assert default_kernel() == str(probe_path())
+    assert builtin_probe() == str(probe_path())

@@ -118,14 +118,6 @@ def _address(text: str, what: str) -> int:
     return value
 
 
-def default_kernel() -> str:
-    """The guest a command boots when the user names none: the built-in probe.  (The runtime,
-    vmm/, boots whatever it is given.)"""
-    from ..probe import probe_path
-
-    return str(probe_path())
-
-
 def describe_placement(load_addr: int, link_addr: int, kaslr_seed: int | None, virt_offset: int = 0) -> str | None:
     """One line about a moved kernel (None when it is at its own address)."""
     if kaslr_seed is None and load_addr == link_addr:
