@@ -15,6 +15,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
 "$root/scripts/fetch-debian-kernel.sh" >/dev/null
+"$root/scripts/fetch-debian-kernel-6.12.sh" >/dev/null  # PHYS32_RELOC kernel for tests/rig/test_reloc.py
 # Debian's gdb-minimal (no Python, fewer libraries) unpacked for the nested rig's --gdb test
 # (tests/rig/test_gdb_linux.py packs it into the rig); it cannot be installed beside gdb.
 gdbmin="$root/.cache/gdb-minimal"

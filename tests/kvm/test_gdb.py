@@ -175,12 +175,26 @@ def test_registers_memory_and_monitor(gdb, tmp_path):
     rc, console = finish(proc)
     assert "$1 = 0x1122334455667788" in out and "$2 = 0x55667788" in out, out
     assert re.search(r"0x7000:\s+0xfeedf00d", out), out
-    assert "32-bit:" in out and "mov dword ptr [0x112124], ebx" in out, out  # the probe's first instruction
+    assert "32-bit:" in out and f"{ENTRY:#x}: {first_instruction_32()}" in out, out  # decoded as 32-bit code
     assert "break (Z0):" in out, out
     assert "Cannot access memory at address 0xfffffff000" in out, out
     assert "fctrl" in out and "0x37f" in out, out  # the FPU state the builder set
     assert b"client detached; the guest runs on" in bytes(err), bytes(err)
     assert rc == 0 and b"PROBE PASS" in console, (rc, console[-300:], bytes(err))
+
+
+ENTRY = load_kernel(probe_elf()).entries.pvh
+
+
+def first_instruction_32() -> str:
+    """The probe's first instruction as capstone decodes it in 32-bit mode ("bytes  mnemonic ops")."""
+    import capstone
+
+    image = load_kernel(probe_elf())
+    seg = next(s for s in image.elf.segments if s.paddr <= ENTRY < s.paddr + s.filesz)
+    code = bytes(image.elf.data[seg.offset + ENTRY - seg.paddr:][:16])
+    insn = next(capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32).disasm(code, ENTRY))
+    return f"{insn.bytes.hex(' '):<24} {insn.mnemonic} {insn.op_str}".rstrip()
 
 
 def spin_machine(mem, **kw) -> Machine:
