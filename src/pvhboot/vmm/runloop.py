@@ -15,7 +15,8 @@ thread, so a guest that fills THR and then halts until the THRE interrupt (which
 raises, on delivery) is not stalled.
 
 Stopping (api.rst "immediate_exit", platform.md): :meth:`VmControl.stop` sets ``immediate_exit`` in
-every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread, so a thread inside
+every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread still registered
+as running (never to one that may have exited: :class:`VmControl`), so a thread inside
 KVM_RUN (HLT with the in-kernel irqchip, an AP waiting for SIPI) returns with EINTR and one about to
 enter returns at once.  Unmapped port reads return all ones and unmapped writes are ignored, as on a PC.
 """
@@ -78,15 +79,44 @@ class StopRequest:
 
 
 class VmControl:
-    """State shared by the vCPU threads and the thread that waits for them."""
+    """State shared by the vCPU threads and the thread that waits for them.
+
+    Kicking a thread safely.  ``signal.pthread_kill(ident)`` dereferences the thread's ``pthread_t``,
+    which glibc keeps in the thread's own stack mapping; CPython detaches its threads, so once a vCPU
+    thread has returned its stack may be unmapped (glibc caches only ~40 MiB of stacks: with 5+ vCPUs
+    of 8 MiB each some are freed) or reused by a new thread, and a signal sent to the old ident is a
+    SIGSEGV in the kicker or a kick to the wrong thread (issue 10: ``--cpus 16`` died at teardown with
+    exit 139).  ``Thread.is_alive()`` cannot guard it: a thread can finish between the check and the
+    kill.  So liveness is a registration under :attr:`lock`:
+
+    - a vCPU thread registers itself (:meth:`register`) first thing and unregisters
+      (:meth:`unregister`) as the last statement of its body (a ``finally``), both under the lock;
+    - :meth:`kick_all` sends signals only while holding the lock, and only to registered threads.
+
+    While the kicker holds the lock, a registered thread cannot pass its ``unregister`` (it would block
+    on the lock), so it is still inside its body, its stack is mapped and ``pthread_kill`` reaches it.
+    A thread that has unregistered is never signalled again, whatever happens to its stack after.
+    Stopping is also decided under the lock, and a thread checks ``stopping`` after registering, so a
+    thread that registers after a kick sees the stop instead (``immediate_exit`` also covers it).
+    """
 
     def __init__(self, vcpus: list | None = None) -> None:
         self.vcpus: list = vcpus if vcpus is not None else []
-        self.threads: dict[int, int] = {}  # vcpu index -> thread ident
+        self.threads: dict[int, int] = {}  # vcpu index -> ident, of threads registered (alive) only
         self.stopping = False
         self.request: StopRequest | None = None
         self.done = threading.Event()
         self.lock = threading.Lock()
+
+    def register(self, index: int) -> None:
+        """Called by a vCPU thread on itself, before it can be kicked."""
+        with self.lock:
+            self.threads[index] = threading.get_ident()
+
+    def unregister(self, index: int) -> None:
+        """Called by a vCPU thread on itself as its body's last action: it is never signalled after."""
+        with self.lock:
+            self.threads.pop(index, None)
 
     def stop(self, reason: str, exit_code: int = 0, crash: object | None = None) -> bool:
         """Ask every vCPU to stop.  The first request wins (True); later ones are ignored (False)."""
@@ -95,21 +125,23 @@ class VmControl:
             if first:
                 self.request = StopRequest(reason, exit_code, crash)
             self.stopping = True
-        self.kick_all()
+            self._kick_registered()
         self.done.set()
         return first
 
     def kick_all(self) -> None:
+        """Make every running vCPU leave KVM_RUN (it then sees ``stopping``)."""
+        with self.lock:
+            self._kick_registered()
+
+    def _kick_registered(self) -> None:  # caller holds self.lock: see the class docstring
         me = threading.get_ident()
         for v in self.vcpus:
             if v.fd >= 0:
                 v.immediate_exit = True
-        for ident in list(self.threads.values()):
+        for ident in self.threads.values():
             if ident != me:
-                try:
-                    signal.pthread_kill(ident, KICK_SIGNAL)
-                except (ProcessLookupError, OSError):
-                    pass  # the thread has already finished
+                signal.pthread_kill(ident, KICK_SIGNAL)  # registered: alive until it takes the lock
 
 
 def _block_async_signals() -> None:
@@ -145,9 +177,9 @@ class CoalescedWrites:
 def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None) -> None:
     """Thread body: run ``vcpu`` until the VM stops.  ``on_exit(vcpu, reason, record)`` handles every
     exit that is not port I/O, MMIO or INTR, and returns True to keep running."""
-    ctl.threads[vcpu.index] = threading.get_ident()
-    _block_async_signals()
+    ctl.register(vcpu.index)
     try:
+        _block_async_signals()
         if ctl.stopping:
             return
         run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, coalesced)
@@ -155,6 +187,8 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced
         from .crash import vmm_error
 
         ctl.stop("crash", crash=vmm_error(vcpu.index, e))
+    finally:
+        ctl.unregister(vcpu.index)  # last: from here on nobody signals this thread (VmControl)
 
 
 def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: CoalescedWrites | None = None) -> None:
