@@ -21,14 +21,12 @@ from ..memory import layout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
 from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
-REASONS = ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")
-
 
 @dataclass
 class VmExit:
     """The exit record of one run."""
 
-    reason: str  # one of REASONS
+    reason: str  # why the VM stopped: runloop.StopRequest.reason
     exit_code: int  # the guest's: 0 for poweroff, the debug-exit value, 1 for a crash or timeout
     wall_time_s: float  # first KVM_RUN to the stop
     boot_markers: list[tuple[int, float]] = field(default_factory=list)  # (code, seconds since start)
@@ -118,6 +116,7 @@ class Machine:
         self.coalesced_uart = False
         self.coalesced_writes = None  # the run's CoalescedWrites (its ``delivered`` count), once run
         self.ctl = VmControl()
+        self.exit_handlers = self._exit_handlers()
         self._events: list = []
         self._start_ns = 0
         self._markers: list[tuple[int, float]] = []
@@ -205,31 +204,46 @@ class Machine:
             self.ctl.stop("quit", 0)
 
     # --- rare exits (the run loop handles I/O itself) ---
-    def _on_exit(self, vcpu, reason: int, record) -> bool:
+    def _exit_handlers(self) -> dict:
+        """exit_reason -> handler(vcpu, record) -> keep running?  Anything else is an unexpected exit.
+        A feature that needs another exit (e.g. KVM_EXIT_DEBUG) adds its handler to
+        ``machine.exit_handlers`` before :meth:`run`."""
         K = abi.KvmExit
-        ctl = self.ctl
-        if reason == K.HLT:  # only without the irqchip: nothing can wake the vCPU again
-            ctl.stop("poweroff", 0)
-            return False
-        if reason == K.SYSTEM_EVENT:
-            if record.type == abi.KvmSystemEvent.SHUTDOWN:
-                ctl.stop("poweroff", 0)
-            elif record.type == abi.KvmSystemEvent.RESET:
-                ctl.stop("reset", 0)
-            else:
-                self._crash(vcpu, "system event", f"KVM_SYSTEM_EVENT {record.type_name}")
-            return False
-        if reason == K.SHUTDOWN:
-            self._crash(vcpu, "triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)")
-        elif reason == K.INTERNAL_ERROR:
-            self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}",
-                        internal=record)
-        elif reason == K.FAIL_ENTRY:
-            self._crash(vcpu, "fail entry", f"KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason="
-                        f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
+        return {K.HLT: self._on_hlt, K.SYSTEM_EVENT: self._on_system_event, K.SHUTDOWN: self._on_shutdown,
+                K.INTERNAL_ERROR: self._on_internal_error, K.FAIL_ENTRY: self._on_fail_entry}
+
+    def _on_exit(self, vcpu, reason: int, record) -> bool:
+        handler = self.exit_handlers.get(reason)
+        if handler is not None:
+            return handler(vcpu, record)
+        name = getattr(record, "name", None) or f"exit {reason}"
+        self._crash(vcpu, "unexpected exit", f"KVM_EXIT_{name} {record}")
+        return False
+
+    def _on_hlt(self, vcpu, record) -> bool:  # only without the irqchip: nothing can wake the vCPU again
+        self.ctl.stop("poweroff", 0)
+        return False
+
+    def _on_system_event(self, vcpu, record) -> bool:
+        if record.type == abi.KvmSystemEvent.SHUTDOWN:
+            self.ctl.stop("poweroff", 0)
+        elif record.type == abi.KvmSystemEvent.RESET:
+            self.ctl.stop("reset", 0)
         else:
-            name = getattr(record, "name", None) or f"exit {reason}"
-            self._crash(vcpu, "unexpected exit", f"KVM_EXIT_{name} {record}")
+            self._crash(vcpu, "system event", f"KVM_SYSTEM_EVENT {record.type_name}")
+        return False
+
+    def _on_shutdown(self, vcpu, record) -> bool:
+        self._crash(vcpu, "triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)")
+        return False
+
+    def _on_internal_error(self, vcpu, record) -> bool:
+        self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}", internal=record)
+        return False
+
+    def _on_fail_entry(self, vcpu, record) -> bool:
+        self._crash(vcpu, "fail entry", f"KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason="
+                    f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
         return False
 
     def _crash(self, vcpu, kind: str, detail: str, internal=None) -> None:

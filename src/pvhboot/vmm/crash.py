@@ -82,7 +82,10 @@ def capture_vcpu(vcpu, mem) -> VcpuSnapshot:
     linear = rip_linear(snap.regs, snap.sregs)
     phys: int | None = linear
     if snap.sregs.cr0 & CR0_PG:
-        phys = vcpu.translate(linear)
+        try:
+            phys = vcpu.translate(linear)
+        except Exception:  # noqa: BLE001 - KVM_TRANSLATE refused: the report goes on without code bytes
+            phys = None
     if phys is not None and mem is not None:
         for n in (CODE_BYTES, 16, 1):
             try:

@@ -1,9 +1,10 @@
 """The vCPU run loop: KVM_RUN, decode the exit, dispatch it, repeat (the hot path).
 
-Per exit the loop does one ``struct.unpack_from`` over the mapped kvm_run page (exit_reason and the io
-union in one go), one bus dispatch (a dict lookup inside :class:`pvhboot.devices.bus.Bus`) and, for an
-IN, one ``pack_into``.  Rare exits (shutdown, internal error, ...) go through
-:func:`pvhboot.kvm.exits.decode_exit` and end the VM with a crash record.
+Per exit the loop does one ``unpack_from`` over the mapped kvm_run page (exit_reason and the io union in
+one go, with :data:`pvhboot.kvm.exits.EXIT_IO`: every kvm_run layout is decoded by pvhboot.kvm, this
+module only dispatches), one bus dispatch (a dict lookup inside :class:`pvhboot.devices.bus.Bus`) and,
+for an IN, one ``pack_into``.  Every other exit is decoded by :func:`pvhboot.kvm.exits.decode_exit`
+and handed to the VMM's ``on_exit`` (a table keyed by exit reason in :class:`pvhboot.vmm.Machine`).
 
 Coalesced writes (KVM_REGISTER_COALESCED_MMIO, api.rst; COM1's THR by default): KVM queues writes to
 a coalesced zone in one ring page per VM instead of exiting.  :class:`CoalescedWrites` delivers them to
@@ -23,29 +24,22 @@ enter returns at once.  Unmapped port reads return all ones and unmapped writes 
 from __future__ import annotations
 
 import errno
-import mmap
 import signal
-import struct
 import threading
 import time
 
 from ..abi import kvm as abi
-from ..kvm.exits import decode_exit
+from ..kvm.exits import EXIT_IO, EXIT_MMIO, IO_VALUE, MMIO_DATA, MMIO_DATA_LEN, decode_exit
 
 KICK_SIGNAL = signal.SIGUSR1
 
-# exit_reason at 8, then (skipping to the union at 32) io.direction, size, port, count, data_offset.
-_EXIT_IO = struct.Struct("<8xI20xBBHIQ")
-_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio at offset 32
-_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+# A read nobody answers floats high, as on a PC's bus.
 _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 _EXIT_IO_CODE = int(abi.KvmExit.IO)
 _EXIT_MMIO_CODE = int(abi.KvmExit.MMIO)
 _EXIT_INTR_CODE = int(abi.KvmExit.INTR)
 _OUT = abi.KVM_EXIT_IO_OUT
-# Offset of the coalesced MMIO/PIO ring page in a vCPU's mapping (asm/kvm.h, x86: page 2).
-_RING_PAGE = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
 
 
 def _noop_handler(signum, frame) -> None:  # the kick only needs to interrupt KVM_RUN
@@ -138,7 +132,7 @@ class VmControl:
         me = threading.get_ident()
         for v in self.vcpus:
             if v.fd >= 0:
-                v.immediate_exit = True
+                v.set_immediate_exit(True)
         for ident in self.threads.values():
             if ident != me:
                 signal.pthread_kill(ident, KICK_SIGNAL)  # registered: alive until it takes the lock
@@ -195,14 +189,13 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
     """The loop itself (also used directly by benchmarks).  ``coalesced``: delivered before each exit."""
     view = vcpu.run_view
     run = vcpu.run
-    unpack_exit = _EXIT_IO.unpack_from
+    unpack_exit = EXIT_IO.unpack_from
     pio_read, pio_write = pio_bus.read, pio_bus.write
-    values = _VALUE
+    values = IO_VALUE
     io_code, out = _EXIT_IO_CODE, _OUT  # locals: read on every exit
     deliver = coalesced.deliver if coalesced is not None else None
-    # The ring's {first, last} (kvm_coalesced_mmio_ring) through this vCPU's own mapping of the VM's
-    # ring page: peeking at two u32s costs ~0.05 us per exit, a method call ~0.3 us (bench 1).
-    head = view[_RING_PAGE:_RING_PAGE + 8].cast("I") if coalesced is not None else None
+    # The ring's {first, last} through this vCPU's own mapping of the VM's ring page (kvm/vcpu.py).
+    head = vcpu.coalesced_ring_head() if coalesced is not None else None
     try:
         while True:
             try:
@@ -213,10 +206,10 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
                     if ctl.stopping:
                         return
                     continue
-                raise
+                raise vcpu.run_failed(e) from None
             if head is not None and head[0] != head[1]:
                 deliver()  # queued writes first: the exit below must see them (e.g. LSR after THR bytes)
-            reason, direction, size, port, count, off = unpack_exit(view, 0)
+            reason, direction, size, port, count, off = unpack_exit(view)
             if reason == io_code:
                 fmt = values[size]
                 if direction == out:
@@ -232,14 +225,14 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
                         value = pio_read(port, size)
                         fmt.pack_into(view, off + i * size, _ALL_ONES[size] if value is None else value)
             elif reason == _EXIT_MMIO_CODE:
-                addr, data, length, is_write = _MMIO.unpack_from(view, 32)
+                addr, data, length, is_write = EXIT_MMIO.unpack_from(view)
                 if is_write:
                     mmio_bus.write(addr, length, int.from_bytes(data[:length], "little"))
                 else:
                     value = mmio_bus.read(addr, length)
                     if value is None:
                         value = (1 << (8 * length)) - 1
-                    struct.pack_into("<8s", view, 40, value.to_bytes(8, "little"))
+                    MMIO_DATA.pack_into(view, 0, value.to_bytes(MMIO_DATA_LEN, "little"))
             elif reason == _EXIT_INTR_CODE:
                 if ctl.stopping:
                     return
