@@ -87,7 +87,8 @@ class Machine:
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
-                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
+                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True,
+                 seccomp: bool = True):
         from ..kvm import Kvm, is_kvm_pvm
 
         if not 1 <= cpus <= MAX_CPUS:
@@ -125,6 +126,11 @@ class Machine:
         self.serial = None
         self._console_input = None
         self._ran = False
+        self.sandbox = None
+        if seccomp:  # vCPU threads load it in run(); an unusable filter is refused before anything is built
+            from .seccomp import VcpuSandbox
+
+            self.sandbox = VcpuSandbox(self._on_seccomp_violation)
         try:
             self.kvm = Kvm(kvm_path)
             self.vm = self.kvm.create_vm()
@@ -246,6 +252,10 @@ class Machine:
                     f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
         return False
 
+    def _on_seccomp_violation(self, v) -> None:
+        # On the seccomp reader thread (vmm/seccomp.py); the refused call has returned EPERM or will.
+        self.ctl.stop("crash", 1, crash=_seccomp_crash(v))
+
     def _crash(self, vcpu, kind: str, detail: str, internal=None) -> None:
         # This thread owns the vCPU and is outside KVM_RUN: its state can be read now.
         from .crash import CrashInfo, capture_vcpu  # crash reports (and capstone) only when one is made
@@ -264,8 +274,9 @@ class Machine:
         ring = self.vm.vcpus[0].coalesced_ring() if self._coalesced else None
         coalesced = self.coalesced_writes = (CoalescedWrites(ring, self.pio_bus, self.mmio_bus)
                                               if ring is not None else None)
+        sandbox = self.sandbox
         threads = [threading.Thread(target=vcpu_thread_main, name=f"pvhboot-vcpu{v.index}", daemon=True,
-                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, coalesced))
+                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, coalesced, sandbox))
                    for v in self.vm.vcpus]
         if self._want_stdin:
             from ..devices import ConsoleInput
@@ -275,6 +286,8 @@ class Machine:
         t0 = time.monotonic()
         interrupted = False
         try:
+            if sandbox is not None:
+                sandbox.start()
             for t in threads:
                 t.start()
             if coalesced is None:
@@ -287,6 +300,8 @@ class Machine:
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
+            if sandbox is not None:
+                sandbox.stop()
             if coalesced is not None:  # writes queued after the last exit
                 coalesced.deliver()
             wall = time.monotonic() - t0
@@ -323,11 +338,20 @@ class Machine:
     def _exit_record(self, wall: float, stuck: list[int]) -> VmExit:
         req = self.ctl.request
         reason, code = req.reason, req.exit_code
+        crash = req.crash
+        violations = self.sandbox.violations if self.sandbox is not None else []
+        if violations and getattr(crash, "kind", None) != "seccomp violation":
+            # The refused call came first even when its EPERM ended the VM (as a vmm error) before the
+            # report reached the VMM: name the syscall, keep the rest as a consequence.
+            first = _seccomp_crash(violations[0])
+            if crash is not None:
+                first.detail += f"\nthen: {crash.kind}: {crash.detail.splitlines()[0] if crash.detail else ''}"
+            reason, code, crash = "crash", 1, first
         report = None
         if reason in ("crash", "timeout"):
             from .crash import CrashInfo, capture_vcpu, format_crash_report
 
-            info = req.crash if reason == "crash" else CrashInfo(
+            info = crash if reason == "crash" else CrashInfo(
                 kind="timeout", vcpu=0, detail=f"wall-clock limit of {self.timeout:g} s reached; vCPUs stopped")
             have = {s.index for s in info.snapshots}
             for v in self.vm.vcpus:
@@ -363,6 +387,15 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _seccomp_crash(v):
+    from .crash import CrashInfo
+
+    return CrashInfo(kind="seccomp violation", vcpu=v.vcpu,
+                     detail=f"the thread of vCPU {v.vcpu} (tid {v.tid}) called {v.call}, which is not in the vCPU "
+                            "threads' seccomp allow-list (pvhboot.vmm.seccomp); the call failed with EPERM and the "
+                            "VM was stopped (--no-seccomp turns the filter off)")
 
 
 class _CallableConsole(ConsoleOutput):

@@ -168,12 +168,15 @@ class CoalescedWrites:
         return len(entries)
 
 
-def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None) -> None:
+def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None, sandbox=None) -> None:
     """Thread body: run ``vcpu`` until the VM stops.  ``on_exit(vcpu, reason, record)`` handles every
-    exit that is not port I/O, MMIO or INTR, and returns True to keep running."""
+    exit that is not port I/O, MMIO or INTR, and returns True to keep running.  ``sandbox``: a
+    :class:`pvhboot.vmm.seccomp.VcpuSandbox` whose filter this thread loads before its first KVM_RUN."""
     ctl.register(vcpu.index)
     try:
         _block_async_signals()
+        if sandbox is not None:
+            sandbox.enter(vcpu.index)
         if ctl.stopping:
             return
         run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, coalesced)
