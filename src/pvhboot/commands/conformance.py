@@ -31,7 +31,7 @@ def add_parser(subparsers):
         "conformance", help="run the probe under pvhboot or another VMM and check the boot ABI",
         description="Run pvhboot's probe guest (under pvhboot, or under the VMM command given after --, "
                     f"with {PLACEHOLDER} replaced by the probe's path) and print each ABI rule it checked.")
-    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout"),
+    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout", "seccomp"),
                    memory="64M", timeout=60.0, protocols=("pvh", "linux64"), protocol="pvh")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")

@@ -1,5 +1,5 @@
 """The VM options (--memory, --cpus, --protocol, --cmdline, --initrd, --timeout, --symbols,
---events-json, --no-coalesced-uart), declared once for every command that starts or plans a VM.
+--events-json, --no-coalesced-uart, --no-seccomp), declared once for every command that starts or plans a VM.
 
 ``add_vm_options(parser, ...)`` adds the subset a command takes, with that command's defaults;
 ``vm_config_from_args(args)`` turns the parsed text into a :class:`pvhboot.vmm.config.VmConfig`,
@@ -13,7 +13,7 @@ import re
 from ..errors import ConfigError
 
 ALL_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "timeout", "symbols", "events_json",
-               "coalesced_uart")
+               "coalesced_uart", "seccomp")
 PLAN_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd")
 """What `plan` takes: the options that change the memory plan."""
 
@@ -74,6 +74,10 @@ def add_vm_options(parser: argparse.ArgumentParser, *, include=ALL_OPTIONS, memo
         parser.add_argument("--no-coalesced-uart", dest="coalesced_uart", action="store_false",
                             help="make every write to COM1's THR a full VM exit (by default THR is a "
                                  "coalesced PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
+    if "seccomp" in include:
+        parser.add_argument("--no-seccomp", dest="seccomp", action="store_false",
+                            help="run the vCPU threads without their seccomp allow-list (for debugging a "
+                                 "device; by default a syscall outside it stops the VM with a report)")
 
 
 def vm_config_from_args(args: argparse.Namespace, **overrides):

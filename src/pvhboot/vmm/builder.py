@@ -497,7 +497,8 @@ class MicroVM:
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=vm.cpus, console=self.console,
                                    timeout=vm.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=vm.coalesced_uart)
+                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=vm.coalesced_uart,
+                                   seccomp=vm.seccomp)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise

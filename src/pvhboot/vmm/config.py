@@ -106,6 +106,7 @@ class VmConfig:
     symbols: str | None = None  # System.map or ELF with .symtab, for crash reports
     events_json: str | None = None  # where `boot` writes the exit record (checked here, written after)
     coalesced_uart: bool = True  # COM1's THR as a coalesced PIO zone (see Machine)
+    seccomp: bool = True  # vCPU threads under the seccomp allow-list (vmm/seccomp.py)
     check_files: bool = True
 
     def __post_init__(self) -> None:
