@@ -93,14 +93,15 @@ def _thread():
 
 
 @pytest.mark.parametrize("action,syscall", [
-    (_open_file, "openat("), (_socket, "socket(0x2, "), (_exec, "execve("), (_thread, "clone"),
+    (_open_file, "openat("), (_socket, "socket(0x2, "), (_exec, "execve("),
+    (_thread, ("gettid(", "clone3(", "clone(")),  # CPython asks its thread id before glibc's clone3
 ], ids=["open", "socket", "exec", "thread"])
 def test_forbidden_syscall_stops_the_vm_naming_it(action, syscall):
     record, dev = run_with_device(action)
     assert (record.reason, record.exit_code) == ("crash", 1), record
     first = record.crash_report.splitlines()[0]
     assert first.startswith("pvhboot: guest stopped: seccomp violation on vCPU 0: the thread of vCPU 0")
-    assert syscall in first
+    assert any(call in first for call in ((syscall,) if isinstance(syscall, str) else syscall)), first
     assert "not in the vCPU threads' seccomp allow-list" in first
     # The call failed: EPERM from the supervisor, or EINTR when the VM's stop kicked the thread first
     # (a thread start reports either as RuntimeError).
