@@ -109,11 +109,15 @@ def _bindings():
 @functools.cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     """(libc, libseccomp): seccomp(2) and prctl(2) through libc's syscall wrappers; the listener's
-    receive/respond through libseccomp (the library the bindings already loaded)."""
+    receive/respond through the libseccomp the bindings use (its state knows USER_NOTIF is supported):
+    Debian's ``seccomp`` extension links libseccomp statically and exports its API, pyseccomp loads
+    the shared libseccomp.so.2."""
+    module = getattr(_bindings(), "__file__", "") or ""
+    name = module if module.endswith(".so") else "libseccomp.so.2"
     try:
-        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        lib = ctypes.CDLL(name, use_errno=True)
     except OSError as e:
-        raise SeccompUnavailable(f"libseccomp.so.2 cannot be loaded: {e}") from None
+        raise SeccompUnavailable(f"libseccomp cannot be loaded: {e}") from None
     for name in ("seccomp_notify_receive", "seccomp_notify_respond"):
         if not hasattr(lib, name):
             raise SeccompUnavailable(f"libseccomp is older than 2.5 (no {name})")
