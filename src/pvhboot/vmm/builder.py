@@ -97,6 +97,9 @@ class Machine:
     coalesced PIO zone, so a transmitted byte costs no exit (bench 4); the run loop delivers the queued
     bytes before any other exit and a 10 ms tick delivers them when there is none (runloop.py).
     ``self.coalesced_uart`` says whether it is in effect.
+    ``seccomp`` (default on): every vCPU thread runs under the allow-list of :mod:`pvhboot.vmm.seccomp`;
+    a syscall outside it stops the VM with a crash report naming it.  ``exit_handlers`` maps a KVM exit
+    reason to ``handler(vcpu, record) -> keep running?`` for the exits the run loop does not handle.
     """
 
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
@@ -298,7 +301,7 @@ class Machine:
         interrupted = False
         try:
             if sandbox is not None:
-                sandbox.start()
+                sandbox.start(keep_out=[(r.host_addr, r.size) for r in self.mem.regions])
             for t in threads:
                 t.start()
             if coalesced is None:

@@ -38,6 +38,7 @@ import array
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import select
 import socket
@@ -215,9 +216,16 @@ class VcpuSandbox:
         self._reader: threading.Thread | None = None
 
     # --- on the VMM's thread, before and after the vCPU threads ---
-    def start(self) -> None:
-        """Fork the supervisor (before the vCPU threads start: the VMM is single-threaded here but for
-        threads that never touch what the child uses) and compile the filter for its socket."""
+    def start(self, keep_out: list[tuple[int, int]] = ()) -> None:
+        """Fork the supervisor (before the vCPU threads start) and compile the filter for its socket.
+        ``keep_out``: (host address, size) of guest RAM, marked MADV_DONTFORK so that the child shares
+        none of it (a private mapping shared with a child would make every later guest write to an
+        already touched page a copy-on-write fault in the VMM)."""
+        libc, _ = _libs()
+        for addr, size in keep_out:
+            if libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), ctypes.c_int(mmap.MADV_DONTFORK)):
+                e = ctypes.get_errno()
+                raise OSError(e, f"madvise(MADV_DONTFORK) of guest RAM at {addr:#x}: {os.strerror(e)}")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._program = vcpu_filter_program(parent.fileno())
         pid = os.fork()
