@@ -1,4 +1,4 @@
-"""Bench 8: many vCPUs.  ``pvhboot boot --cpus N`` on the probe (64 MiB) for N = 128 and 255 (the MADT's
+"""Bench 9: many vCPUs.  ``pvhboot boot --cpus N`` on the probe (64 MiB) for N = 128 and 255 (the MADT's
 xAPIC limit, boot.plan.MAX_CPUS) beside N = 1: wall time to the probe's verdict and peak RSS (VmHWM) of
 the pvhboot process, reported as extra KiB per extra vCPU (one Python thread, one KVM vCPU fd and its
 kvm_run mapping each).  The probe starts every AP with INIT/SIPI/SIPI and checks that each reports
@@ -44,10 +44,10 @@ def measure(repeats: int = 3) -> dict:
     cpu = {n: median(r.cpu_s for r in v) for n, v in runs.items()}
     rss = {n: median(r.peak_rss_kib for r in v) for n, v in runs.items()}
     rows = []
-    for ident, n in (("8", 128), ("8b", 255)):
+    for ident, n in (("9", 128), ("9b", 255)):
         rows.append(row(ident, f"probe boot, {n} vCPUs, all APs started (wall)", "s", wall[n], wall[1],
                         "1 vCPU", cpu_s=cpu[n], peak_rss_mib=rss[n] / 1024))
-    for ident, n in (("8r", 128), ("8s", 255)):
+    for ident, n in (("9r", 128), ("9s", 255)):
         rows.append(row(ident, f"  peak RSS per extra vCPU, {n} vCPUs", "KiB/vCPU", (rss[n] - rss[1]) / (n - 1)))
     notes = [f"{repeats} interleaved runs of `pvhboot boot --cpus N --memory {MEMORY}` (probe), medians; wall "
              + ", ".join(f"{n}: {wall[n]:.2f} s" for n in COUNTS) + "; CPU "

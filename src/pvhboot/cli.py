@@ -11,7 +11,7 @@ import sys
 from . import __version__
 from .errors import PvhbootError
 
-SUBCOMMANDS = ("inspect", "extract", "plan", "boot", "run", "conformance")
+SUBCOMMANDS = ("inspect", "extract", "plan", "boot", "run", "conformance", "compare")
 EXIT_USER_ERROR = 2
 
 
