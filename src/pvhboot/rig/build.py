@@ -47,7 +47,7 @@ BUSYBOX = "/bin/busybox"
 RUNTIME_PACKAGES = ("elftools", "lz4", "zstandard", "capstone", "rich", "markdown_it", "mdurl",
                     "pygments")
 # Debian's compiled libseccomp bindings (python3-seccomp), built for the guest's python3.11: the vCPU
-# threads' seccomp filter (vmm/seccomp.py) uses them; ldd brings libseccomp.so.2.
+# threads' seccomp filter (vmm/seccomp.py) uses them (libseccomp is linked into the module).
 GUEST_MODULES = ("/usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so",)
 STDLIB_EXCLUDE = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data",
                   "turtledemo", "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages"}
