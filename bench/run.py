@@ -35,6 +35,8 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
     elif name in ("memory", "churn", "rig_boot", "compare", "stress_vcpus"):
         argv += ["--repeats", str(min(repeats, 3))]
+        if name == "memory" and quick:
+            argv += ["--flood-bytes", str(1 << 20)]
     else:
         argv += ["--repeats", str(repeats)]
     return argv

@@ -30,6 +30,7 @@ def boot_cell(cell: Cell) -> dict:
     """Boot ``cell`` in this process; the result dict (status, fingerprint, exit, crash report)."""
     from ..errors import PvhbootError
     from ..vmm import MicroVM
+    from .engine import kernel_path  # the VMM boots what it is given: None (the probe) named here
 
     mutate = None
     if cell.fault:
@@ -38,7 +39,7 @@ def boot_cell(cell: Cell) -> dict:
         mutate = fault_hook(cell.fault, cell.cpus)
     start = time.monotonic()
     try:
-        with MicroVM(cell.kernel, initrd=cell.initrd, cmdline=cell.cmdline, memory=cell.memory,
+        with MicroVM(kernel_path(cell.kernel), initrd=cell.initrd, cmdline=cell.cmdline, memory=cell.memory,
                      cpus=cell.cpus, protocol=cell.protocol, console=None, timeout=cell.timeout,
                      mutate=mutate) as vm:
             record = vm.run()
