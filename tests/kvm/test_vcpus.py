@@ -49,9 +49,10 @@ def test_conformance_with_16_vcpus():
 
 
 API_TWO_VMS = textwrap.dedent("""
+    from pvhboot.probe import probe_path
     from pvhboot.vmm import MicroVM
     for attempt in range(2):
-        with MicroVM(cpus=12, memory=64 << 20, console=None, timeout=60) as vm:
+        with MicroVM(str(probe_path()), cpus=12, memory=64 << 20, console=None, timeout=60) as vm:
             r = vm.run()
         assert (r.reason, r.exit_code, r.crash_report) == ("debug_exit", 0, None), (attempt, r)
         assert b"smp.cpus_seen=12\\n" in r.console and b"PROBE PASS" in r.console, attempt
