@@ -127,3 +127,27 @@ def test_cli_no_seccomp_option_boots_the_probe():
                             "--timeout", "60", *flag], capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
         assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
         assert b"PROBE PASS" in p.stdout
+
+
+def test_allow_ioctls_extends_the_vcpu_ioctls():
+    """A feature that issues another KVM ioctl from the vCPU thread declares it (VcpuSandbox.allow_ioctls)."""
+    from pvhboot.abi import kvm as abi
+
+    def get_fpu(vcpu):
+        return lambda: vcpu._call("KVM_GET_FPU", abi.KVM_GET_FPU, abi.kvm_fpu())
+
+    for allow, expect in ((False, "crash"), (True, "debug_exit")):
+        mem = GuestMemory([(0, 1 << 20)])
+        try:
+            mem.write(guests.LOAD, OUT_THEN_EXIT)
+            with Machine(mem, guests.real_mode(), console=None, timeout=30) as m:
+                dev = Misbehaving(get_fpu(m.vm.vcpus[0]))
+                m.pio_bus.insert(dev, 0x10, 1, "misbehaving")
+                if allow:
+                    m.sandbox.allow_ioctls(abi.KVM_GET_FPU)
+                record = m.run()
+        finally:
+            mem.close()
+        assert record.reason == expect, record.crash_report
+        if not allow:
+            assert "called ioctl(" in record.crash_report and f"{abi.KVM_GET_FPU:#x}" in record.crash_report

@@ -132,9 +132,9 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
 
 
 @functools.lru_cache(maxsize=8)
-def vcpu_filter_program(supervisor_fd: int = -1) -> bytes:
+def vcpu_filter_program(supervisor_fd: int = -1, extra_ioctls: tuple[int, ...] = ()) -> bytes:
     """The vCPU threads' filter as a BPF program (struct sock_filter[]); ``sendmsg`` only on
-    ``supervisor_fd``."""
+    ``supervisor_fd``; ``extra_ioctls``: requests allowed beside VCPU_IOCTLS (VcpuSandbox.allow_ioctls)."""
     sc = _bindings()
     _libs()
     try:
@@ -143,7 +143,7 @@ def vcpu_filter_program(supervisor_fd: int = -1) -> bytes:
         for name in ALLOWED:
             if name not in ("ioctl", "sendmsg", "mmap", "mprotect"):
                 f.add_rule(sc.ALLOW, name)
-        for request in VCPU_IOCTLS.values():  # ioctl's request is an unsigned int: compare 32 bits
+        for request in sorted({*VCPU_IOCTLS.values(), *extra_ioctls}):  # an unsigned int: compare 32 bits
             f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
         f.add_rule(sc.ALLOW, "sendmsg", sc.Arg(0, sc.EQ, supervisor_fd & 0xFFFFFFFF))
         for name in ("mmap", "mprotect"):  # prot is argument 2 of both
@@ -212,10 +212,16 @@ class VcpuSandbox:
         self.violations: list[Violation] = []
         self._sock: socket.socket | None = None
         self._program = b""
+        self._extra_ioctls: set[int] = set()
         self._child = 0
         self._reader: threading.Thread | None = None
 
     # --- on the VMM's thread, before and after the vCPU threads ---
+    def allow_ioctls(self, *requests: int) -> None:
+        """Before :meth:`start`: let the vCPU threads also issue these ioctl requests (a feature that
+        runs KVM calls on the vCPU's own thread, e.g. a debugger's KVM_SET_GUEST_DEBUG)."""
+        self._extra_ioctls.update(int(r) for r in requests)
+
     def start(self, keep_out: list[tuple[int, int]] = ()) -> None:
         """Fork the supervisor (before the vCPU threads start) and compile the filter for its socket.
         ``keep_out``: (host address, size) of guest RAM, marked MADV_DONTFORK so that the child shares
@@ -227,7 +233,7 @@ class VcpuSandbox:
                 e = ctypes.get_errno()
                 raise OSError(e, f"madvise(MADV_DONTFORK) of guest RAM at {addr:#x}: {os.strerror(e)}")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._program = vcpu_filter_program(parent.fileno())
+        self._program = vcpu_filter_program(parent.fileno(), tuple(sorted(self._extra_ioctls)))
         pid = os.fork()
         if pid == 0:  # the supervisor: nothing of the VMM but the socket and libseccomp
             code = 0
