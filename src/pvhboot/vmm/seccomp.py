@@ -41,6 +41,7 @@ import functools
 import mmap
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -238,6 +239,9 @@ class VcpuSandbox:
         if pid == 0:  # the supervisor: nothing of the VMM but the socket and libseccomp
             code = 0
             try:
+                # Ctrl-C reaches the whole process group: the VMM handles it, the supervisor goes on
+                # answering until the VMM shuts the socket.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 parent.close()
                 _supervisor_main(child)
             except BaseException:  # noqa: BLE001 - never return into the VMM's code in the child
