@@ -176,12 +176,31 @@ def syscall_name(nr: int, arch: int = 0) -> str:
 
 
 def preload() -> None:
-    """Import, on the thread that builds the VM, every module a vCPU thread may need once filtered
-    (an import opens files): the crash path and the rare-exit records."""
+    """Do, before any vCPU thread is filtered, what one would otherwise do later and trip the filter:
+    import every module a vCPU thread may need (an import opens files): the crash path and the
+    rare-exit records; and settle glibc malloc's one file read (:func:`_settle_malloc`)."""
     import traceback  # noqa: F401 - vmm_error
 
     from ..kvm import _exit_records  # noqa: F401 - decode_exit's records
     from . import crash  # noqa: F401 - vmm_error, CrashInfo, capture_vcpu
+
+    _settle_malloc()
+
+
+@functools.cache
+def _settle_malloc() -> None:
+    """glibc opens /proc/sys/vm/overcommit_memory the first time a thread's malloc heap shrinks
+    (malloc/arena.c check_may_shrink_heap, cached in a static for the process).  Seen in the kvm tier:
+    a console flood freed enough on a vCPU thread to shrink its heap, and the filter stopped the VM on
+    that openat.  So shrink one here, on a short-lived unfiltered thread: 64 frees of 64 KiB (below
+    the mmap threshold, so in the thread's own heap) leave a top chunk above the trim threshold."""
+    def churn() -> None:
+        buffers = [bytearray((64 << 10) - 64) for _ in range(64)]
+        del buffers
+
+    t = threading.Thread(target=churn, name="pvhboot-malloc-settle")
+    t.start()
+    t.join()
 
 
 class Violation:
