@@ -15,3 +15,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
 "$root/scripts/fetch-debian-kernel.sh" >/dev/null
+"$root/scripts/fetch-debian-kernel-6.12.sh" >/dev/null  # PHYS32_RELOC kernel for tests/rig/test_reloc.py

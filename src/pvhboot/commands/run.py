@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from .vm_options import add_vm_options, vm_config_from_args
+from .vm_options import add_vm_options, print_placement, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
@@ -223,7 +223,7 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "seccomp"), memory="256M")
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "placement", "seccomp"), memory="256M")
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
@@ -280,6 +280,8 @@ def run(args) -> int:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
         vm = MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd), console=console,
                      stdin=sys.stdin is not None and sys.stdin.isatty())
+        vm.build()
+        print_placement(vm.loaded.plan.kernel_placement)
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status

@@ -436,7 +436,7 @@ class _CallableConsole(ConsoleOutput):
 
 
 class MicroVM:
-    """Boot a kernel file (or the built-in probe) the PVH or Linux way.  Context manager; ``run()`` once.
+    """Boot a kernel file the PVH or Linux way.  Context manager; ``run()`` once.
 
     ``mutate(loaded_guest, mem) -> LoadedGuest`` is a test hook called after the boot structures are
     written and before the first KVM_RUN (mutation tests break one ABI rule with it).
@@ -508,14 +508,14 @@ class MicroVM:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
             self.mem = GuestMemory(list(plan.ram_ranges))
-            loaded = load_guest(self.image, config, plan, self.mem)
+            loaded = load_guest(plan, self.mem)
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=vm.cpus, console=self.console,
                                    timeout=vm.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=vm.coalesced_uart,
-                                   seccomp=vm.seccomp)
+                                   phys_to_virt=_phys_to_virt(self.image) - plan.kernel_placement.offset,
+                                   coalesced_uart=vm.coalesced_uart, seccomp=vm.seccomp)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise
