@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils binutils gcc make python3 \
-      libpython3.11-stdlib python3-minimal libffi8 gdb)
+      libpython3.11-stdlib python3-minimal libffi8 python3-seccomp gdb)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -182,6 +182,9 @@ class _FakeVcpu:
         self.index = index
         self.immediate_exit = False
 
+    def set_immediate_exit(self, value):
+        self.immediate_exit = value
+
 
 class _FakeMachine:
     """What GdbStub reads of a Machine, without KVM: its dispatch of packets that need no vCPU."""

@@ -33,7 +33,7 @@ def add_parser(subparsers):
         description="Run pvhboot's probe guest (under pvhboot, or under the VMM command given after --, "
                     f"with {PLACEHOLDER} replaced by the probe's path) and print each ABI rule it checked.")
     add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout", "placement",
-                              "gdb", "gdb_wait"),
+                                "seccomp", "gdb", "gdb_wait"),
                    memory="64M", timeout=60.0, protocols=(Protocol.PVH.value, Protocol.LINUX64.value), protocol="pvh")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")

@@ -223,8 +223,8 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "placement", "gdb", "gdb_wait"),
-                   memory="256M")
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "placement", "seccomp", "gdb",
+                                   "gdb_wait"), memory="256M")
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")

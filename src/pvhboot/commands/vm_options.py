@@ -1,5 +1,6 @@
 """The VM options (--memory, --cpus, --protocol, --cmdline, --initrd, --timeout, --symbols,
---events-json, --no-coalesced-uart, --load-addr / --kaslr[=SEED], --gdb, --gdb-wait), declared once for
+--events-json, --no-coalesced-uart, --load-addr / --kaslr[=SEED], --no-seccomp, --gdb,
+--gdb-wait), declared once for
 every command that starts or plans a VM.
 
 ``add_vm_options(parser, ...)`` adds the subset a command takes, with that command's defaults;
@@ -14,7 +15,7 @@ import re
 from ..errors import ConfigError
 
 ALL_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "timeout", "symbols", "events_json",
-               "coalesced_uart", "placement", "gdb", "gdb_wait")
+               "coalesced_uart", "placement", "seccomp", "gdb", "gdb_wait")
 PLAN_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "placement")
 """What `plan` takes: the options that change the memory plan."""
 
@@ -84,6 +85,10 @@ def add_vm_options(parser: argparse.ArgumentParser, *, include=ALL_OPTIONS, memo
         g.add_argument("--kaslr", metavar="SEED", nargs="?", const="", default=None,
                        help="load the kernel at a random allowed address; the seed used is printed, and "
                             "--kaslr=SEED replays that choice")
+    if "seccomp" in include:
+        parser.add_argument("--no-seccomp", dest="seccomp", action="store_false",
+                            help="run the vCPU threads without their seccomp allow-list (for debugging a "
+                                 "device; by default a syscall outside it stops the VM with a report)")
     if "gdb" in include:
         parser.add_argument("--gdb", metavar="[HOST:]PORT",
                             help="serve the GDB remote protocol on PORT (localhost unless HOST is given; 0: "

@@ -46,6 +46,9 @@ BUSYBOX = "/bin/busybox"
 # pvhboot's runtime dependencies (pyproject [project].dependencies) and what rich imports.
 RUNTIME_PACKAGES = ("elftools", "lz4", "zstandard", "capstone", "rich", "markdown_it", "mdurl",
                     "pygments")
+# Debian's compiled libseccomp bindings (python3-seccomp), built for the guest's python3.11: the vCPU
+# threads' seccomp filter (vmm/seccomp.py) uses them (libseccomp is linked into the module).
+GUEST_MODULES = ("/usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so",)
 STDLIB_EXCLUDE = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data",
                   "turtledemo", "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages"}
 # Debian splits these test modules out of the runtime; they are dead weight here.
@@ -166,6 +169,9 @@ def collect_inputs() -> RigInputs:
     for tool in (GUEST_PYTHON, BUSYBOX):
         if not os.access(tool, os.X_OK):
             raise RigBuildError(f"{tool} is missing (apt-get install python3.11-minimal busybox-static)")
+    for module in GUEST_MODULES:
+        if not os.path.isfile(module):
+            raise RigBuildError(f"{module} is missing (apt-get install python3-seccomp)")
     kernel_dir = find_kernel_dir()
     ext = _guest_ext_suffix()
     return RigInputs(
@@ -299,7 +305,7 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
         stdlib = Path(GUEST_STDLIB)
         dynload = sorted(str(p) for p in (stdlib / "lib-dynload").glob("*.so")
                          if not DYNLOAD_EXCLUDE.match(p.name))
-        so_files = [GUEST_PYTHON, *dynload]
+        so_files = [GUEST_PYTHON, *dynload, *GUEST_MODULES]
         for _, pkg in inputs.packages:
             so_files += [str(p) for p in pkg.rglob("*.so")]
         for lib in sorted(_ldd(so_files)):
@@ -311,6 +317,8 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
 
         for name, pkg in inputs.packages:
             cpio.add_tree(f"{SITE_DIR}/{name}", pkg, exclude=_skip_package, keep_mtime=True)
+        for module in GUEST_MODULES:
+            cpio.add_file_from(f"{SITE_DIR}/{Path(module).name}", module, mode=0o644)
         _precompile(inputs.source)
         cpio.add_tree(f"{SITE_DIR}/pvhboot", inputs.source,
                       exclude=lambda rel: rel.endswith(".o") or "/build/" in f"/{rel}",

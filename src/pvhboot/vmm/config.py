@@ -122,6 +122,7 @@ class VmConfig:
     symbols: str | None = None  # System.map or ELF with .symtab, for crash reports
     events_json: str | None = None  # where `boot` writes the exit record (checked here, written after)
     coalesced_uart: bool = True  # COM1's THR as a coalesced PIO zone (see Machine)
+    seccomp: bool = True  # vCPU threads under the seccomp allow-list (vmm/seccomp.py)
     gdb: str | None = None  # [HOST:]PORT of the GDB remote-protocol stub (vmm/gdbstub.py), or None
     gdb_wait: bool = False  # every vCPU stopped before its first instruction until gdb resumes it
     # Where the kernel goes when not at its own address (boot/plan.py checks it against the kernel's

@@ -42,6 +42,7 @@ import select
 import socket
 import sys
 import threading
+import weakref
 
 from ..abi import kvm as abi
 from ..errors import ConfigError
@@ -454,6 +455,10 @@ class GdbStub:
     threads start, ``close()`` after they are joined."""
 
     POLL_S = 0.1  # how often blocked waits look at the VM's stop flag
+    # What a parked vCPU thread issues for the stub, beside the run loop's own (vmm/seccomp.py's
+    # allow-list must let them through): registers, FPU, translations, guest debugging.
+    VCPU_IOCTLS = (abi.KVM_GET_REGS, abi.KVM_SET_REGS, abi.KVM_GET_SREGS, abi.KVM_SET_SREGS, abi.KVM_GET_FPU,
+                   abi.KVM_SET_FPU, abi.KVM_TRANSLATE, abi.KVM_SET_GUEST_DEBUG)
 
     def __init__(self, machine, address: str, wait: bool = False, log=None) -> None:
         self.machine = machine
@@ -473,6 +478,10 @@ class GdbStub:
             raise ConfigError(f"cannot listen for gdb on {host}:{port}: {getattr(e, 'strerror', None) or e}") \
                 from None
         self.address = self._listener.getsockname()[:2]
+        # A child forked from the VMM (the seccomp supervisor, vmm/seccomp.py) must not hold the
+        # debugger's sockets: a connection it keeps open is never closed for the client.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (stub := ref()) is not None and stub._drop_sockets_in_child())
         kvm = machine.kvm
         # kvm_pvm runs CPL0 guest code through KVM's instruction emulator (platform.md): int3 never
         # reaches user space, and data breakpoints in DR0-3 never fire (measured: a watch on the
@@ -515,7 +524,7 @@ class GdbStub:
             self.pause_requested = True
             self.events.append(StopEvent(0))
             for s in self.slots:
-                s.vcpu.immediate_exit = True
+                s.vcpu.set_immediate_exit(True)
         self._log(f"gdb: listening on {self.address[0]}:{self.address[1]}"
                   + (" (vCPUs wait for the debugger)" if self.wait else ""))
         self._thread = threading.Thread(target=self._serve, name="pvhboot-gdb", daemon=True)
@@ -541,6 +550,14 @@ class GdbStub:
                 pass
         self._wake_r = self._wake_w = -1
 
+    def _drop_sockets_in_child(self) -> None:
+        for sock in (self._listener, getattr(self, "_conn", None)):
+            if sock is not None:
+                try:
+                    sock.close()  # the child's copy only: the VMM's stays open
+                except OSError:
+                    pass
+
     def _log(self, text: str) -> None:
         try:
             self._log_stream.write(f"pvhboot: {text}\n")
@@ -558,7 +575,7 @@ class GdbStub:
     def on_kick(self, vcpu) -> None:
         with self.cond:
             if not self.pause_requested:
-                vcpu.immediate_exit = False  # a stale kick: run on
+                vcpu.set_immediate_exit(False)  # a stale kick: run on
                 return
         self.park(vcpu, None)
 
@@ -640,7 +657,7 @@ class GdbStub:
         with self.cond:
             if state is not None:
                 slot.state = state
-            vcpu.immediate_exit = False
+            vcpu.set_immediate_exit(False)
             slot.parked = True
             slot.stepping = False
             if event is not None:
@@ -670,7 +687,7 @@ class GdbStub:
             slot.state = None
             slot.stepping = action == "s"
         if ctl.stopping:
-            vcpu.immediate_exit = True
+            vcpu.set_immediate_exit(True)
             return
         self._apply_debug(slot)
 
@@ -902,6 +919,8 @@ class GdbStub:
                 how = str(e) or "disconnected"
             except (OSError, ProtocolError) as e:
                 how = f"disconnected ({e})"
+            except Exception as e:  # noqa: BLE001 - a stub bug ends this session, never the stub or the VM
+                how = f"disconnected by a stub error ({type(e).__name__}: {e})"
             finally:
                 self._end_session(conn)
             if not self.ctl.stopping:

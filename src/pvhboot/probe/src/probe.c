@@ -1038,7 +1038,7 @@ static void check_acpi(void)
 #define APIC_ICR_LO 0x300
 #define APIC_ICR_HI 0x310
 
-static u32 madt_ids[64];
+static u32 madt_ids[256];      /* every MADT CPU: xAPIC ids are 8 bits, pvhboot lists up to 255 */
 static int nmadt;
 static int x2apic_mode;
 static u64 apic_mmio;
@@ -1080,13 +1080,13 @@ static void check_smp(void)
         if (type == 0 && elen >= 8) {           /* Processor Local APIC */
             u32 id = rd8(m + off + 3), flags = rd32(m + off + 4);
             emit("acpi.madt.lapic.%u=uid=%u id=%u flags=%x\n", (u32)nmadt, (u32)rd8(m + off + 2), id, flags);
-            if ((flags & 1) && nmadt < 64)
+            if ((flags & 1) && nmadt < 256)
                 madt_ids[nmadt++] = id;
             if (id == bsp) bsp_listed = 1;
         } else if (type == 9 && elen >= 16) {   /* Processor Local x2APIC */
             u32 id = rd32(m + off + 4), flags = rd32(m + off + 8);
             emit("acpi.madt.x2apic=id=%u flags=%x\n", id, flags);
-            if ((flags & 1) && nmadt < 64)
+            if ((flags & 1) && nmadt < 256)
                 madt_ids[nmadt++] = id;
             if (id == bsp) bsp_listed = 1;
         } else if (type == 1 && elen >= 12) {   /* I/O APIC */
