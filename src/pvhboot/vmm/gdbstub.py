@@ -504,6 +504,7 @@ class GdbStub:
         self.attached = False
         self._said_fallback = False
         self._said_soft_watch = False
+        self._said_nested = False
         self._foreign_traps = 0  # #BP/#DB handed back to the guest, logged (the first few)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -818,6 +819,10 @@ class GdbStub:
     # --- breakpoints ---
     def insert(self, ztype: int, addr: int, length: int) -> bool:
         kind = _Z_KIND[ztype]
+        if self.int3_unusable and "QEMU TCG" in self.int3_unusable and not self._said_nested:
+            self._said_nested = True  # the rig: measured by tests/rig/test_gdb_linux.py
+            self._log("gdb: on a KVM nested under QEMU TCG no breakpoint or watchpoint is reported (TCG "
+                      "applies neither int3 intercepts nor the debug registers to the nested guest): use stepi")
         if kind == "sw":
             if any(s is not None and s.kind == "sw" and s.addr == addr for s in self.dregs) or addr in self.sw_bps:
                 return True
