@@ -29,6 +29,7 @@ class BootConfig:
     protocol: str = "pvh"  # resolved protocol: one of PROTOCOLS (the VMM resolves "auto")
     start_info_version: int = 1  # PVH: hvm_start_info version 1 (memmap) or 0
     acpi: bool = True
+    virtio_mmio: tuple[tuple[int, int, int], ...] = ()  # (base, size, gsi) per transport, for the DSDT
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def load_guest(kernel, config: BootConfig, plan: MemoryPlan, mem, *, fresh: bool
     cmdline_addr = names["cmdline"].addr
     mem.write(cmdline_addr, cmdline)
 
-    rsdp_addr = configure_acpi(mem, config.cpus, L.RSDP_ADDR) if config.acpi else None
+    rsdp_addr = configure_acpi(mem, config.cpus, L.RSDP_ADDR, config.virtio_mmio) if config.acpi else None
 
     gdt = build_gdt(plan.protocol)
     mem.write(L.BOOT_GDT_START, gdt)

@@ -269,7 +269,7 @@ def plan_guest(kernel, config: BootConfig, *, initrd_size: int | None = None) ->
     e820 = build_e820(memory, config.acpi)
     low_end = min(memory, L.MMIO_HOLE_START)
     placements = _fixed_placements(config, len(cmdline), len(e820), size_of_initrd is not None,
-                                   acpi_tables_size(config.cpus) if config.acpi else 0)
+                                   acpi_tables_size(config.cpus, config.virtio_mmio) if config.acpi else 0)
     placements += [Placement(b.name, b.addr, b.memsz, 1) for b in blobs]
 
     if size_of_initrd is not None:

@@ -126,6 +126,13 @@ VIRTIO_MMIO_MAX_DEVICES = 8
 VIRTIO_IRQ_FIRST = 16
 """GSI of transport 0; transport i uses GSI 16 + i, IOAPIC-only pins (KVM's default routing sends
 GSIs 16-23 to the IOAPIC alone), so no ISA device can claim them; the DSDT says edge, active high."""
+def virtio_mmio_slot(index: int) -> tuple[int, int, int]:
+    """(base, size, gsi) of virtio-mmio transport ``index``: what the bus, KVM and the DSDT all use."""
+    if not 0 <= index < VIRTIO_MMIO_MAX_DEVICES:
+        raise ValueError(f"virtio-mmio transport {index} out of range (at most {VIRTIO_MMIO_MAX_DEVICES})")
+    return VIRTIO_MMIO_START + index * VIRTIO_MMIO_STRIDE, VIRTIO_MMIO_STRIDE, VIRTIO_IRQ_FIRST + index
+
+
 IOAPIC_ADDR = 0xFEC00000
 """IOAPIC register window (KVM's in-kernel IOAPIC default; ACPI MADT, GSI base 0)."""
 LAPIC_ADDR = 0xFEE00000
