@@ -89,7 +89,8 @@ class Machine:
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
-                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
+                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True,
+                 virtio=()):
         from ..kvm import Kvm, is_kvm_pvm
 
         if not 1 <= cpus <= MAX_CPUS:
@@ -126,6 +127,8 @@ class Machine:
         self.serial = None
         self._console_input = None
         self._ran = False
+        self._virtio_devices = tuple(virtio)  # VirtioDevice objects, transport i at layout.virtio_mmio_slot(i)
+        self.virtio = None
         try:
             self.kvm = Kvm(kvm_path)
             self.vm = self.kvm.create_vm()
@@ -176,6 +179,23 @@ class Machine:
                             d.FirecrackerBootTimer.PIO_LENGTH, "boot-timer-pio")
         self.mmio_bus.insert(d.FirecrackerBootTimer(sink), layout.BOOT_TIMER_MMIO,
                              d.FirecrackerBootTimer.MMIO_LENGTH, "boot-timer-mmio")
+        if self._virtio_devices:
+            from .virtio import VirtioSet
+
+            self.virtio = VirtioSet(self.vm, self.kvm, self.mem, self.mmio_bus, self._virtio_devices,
+                                    self._on_device_error, self._on_device_crash, irqchip=irqchip)
+
+    def _on_device_error(self, message: str) -> None:
+        from ..devices import VmEvent, VmEventKind
+        from .virtio import report_driver_error
+
+        report_driver_error(message)
+        self._on_event(VmEvent(VmEventKind.DEVICE_ERROR, source=message))
+
+    def _on_device_crash(self, exc: BaseException) -> None:
+        from .crash import vmm_error
+
+        self.ctl.stop("crash", 1, crash=vmm_error(0, exc))
 
     def _setup_vcpus(self, boot_state: CpuState) -> None:
         supported = self.kvm.supported_cpuid()
@@ -257,6 +277,8 @@ class Machine:
             from ..devices import ConsoleInput
 
             self._console_input = ConsoleInput(self.serial.feed_input, self._on_event).start()
+        if self.virtio is not None:
+            self.virtio.start()
         self._start_ns = time.monotonic_ns()
         t0 = time.monotonic()
         interrupted = False
@@ -273,6 +295,8 @@ class Machine:
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
+            if self.virtio is not None:
+                self.virtio.stop()
             if coalesced is not None:  # writes queued after the last exit
                 coalesced.deliver()
             wall = time.monotonic() - t0
@@ -337,9 +361,14 @@ class Machine:
         if self._console_input is not None:
             self._console_input.stop()
             self._console_input = None
+        if self.virtio is not None:
+            self.virtio.stop()
         if self.vm is not None:
             self.vm.close()
             self.vm = None
+        if self.virtio is not None:
+            self.virtio.close()
+            self.virtio = None
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None

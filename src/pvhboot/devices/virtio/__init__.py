@@ -15,10 +15,10 @@ describes them in the DSDT (boot/acpi.py).
 """
 from .blk import VirtioBlock
 from .console import VirtioConsole
-from .device import CountingInterrupt, Interrupt, LineInterrupt, VirtioDevice
+from .device import CountingInterrupt, EventFdInterrupt, Interrupt, LineInterrupt, VirtioDevice
 from .mmio import VirtioMmio
 from .queue import SplitQueue, VirtqueueError
 from .worker import DeviceWorker
 
-__all__ = ["CountingInterrupt", "DeviceWorker", "Interrupt", "LineInterrupt", "SplitQueue", "VirtioBlock",
-           "VirtioConsole", "VirtioDevice", "VirtioMmio", "VirtqueueError"]
+__all__ = ["CountingInterrupt", "DeviceWorker", "EventFdInterrupt", "Interrupt", "LineInterrupt", "SplitQueue",
+           "VirtioBlock", "VirtioConsole", "VirtioDevice", "VirtioMmio", "VirtqueueError"]

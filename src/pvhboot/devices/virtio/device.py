@@ -2,6 +2,7 @@
 device knows requests).  Devices know nothing of KVM or of MMIO."""
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 
@@ -21,6 +22,16 @@ class LineInterrupt:
     def trigger(self) -> None:
         self.line.set_level(True)
         self.line.set_level(False)
+
+
+class EventFdInterrupt:
+    """An eventfd the VMM registered with KVM_IRQFD: one write() is one edge, injected by the kernel."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def trigger(self) -> None:
+        os.eventfd_write(self.fd, 1)
 
 
 class CountingInterrupt:

@@ -1,0 +1,82 @@
+"""Wiring virtio devices into a Machine: transport i at layout.virtio_mmio_slot(i) on the MMIO bus,
+each queue's kick eventfd registered with KVM_IOEVENTFD on QueueNotify (datamatch = queue index, so
+a kick costs the vCPU no exit to user space), the interrupt an eventfd registered with KVM_IRQFD
+(the device thread's write injects the edge in the kernel), and one device thread per device.
+
+Without KVM_CAP_IOEVENTFD the QueueNotify write exits and the transport signals the same eventfd;
+without KVM_CAP_IRQFD (or the in-kernel irqchip) the interrupt pulses the pin with KVM_IRQ_LINE.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..abi import kvm as abi
+from ..devices.virtio import DeviceWorker, EventFdInterrupt, LineInterrupt, VirtioMmio
+from ..devices.virtio import spec as vspec
+from ..memory import layout
+
+
+def virtio_slots(count: int) -> tuple[tuple[int, int, int], ...]:
+    """(base, size, gsi) of the first ``count`` transports (for BootConfig.virtio_mmio / the DSDT)."""
+    return tuple(layout.virtio_mmio_slot(i) for i in range(count))
+
+
+class VirtioSet:
+    """The transports, eventfds and device threads of one Machine."""
+
+    def __init__(self, vm, kvm, mem, mmio_bus, devices, on_error, on_crash, irqchip: bool = True) -> None:
+        self.transports: list[VirtioMmio] = []
+        self.workers: list[DeviceWorker] = []
+        self._irqfds: list[tuple[int, int]] = []  # (fd, gsi)
+        self.uses_ioeventfd = kvm.check_extension(abi.KvmCap.IOEVENTFD) > 0
+        self.uses_irqfd = irqchip and kvm.check_extension(abi.KvmCap.IRQFD) > 0
+        self._on_crash = on_crash
+        for i, device in enumerate(devices):
+            base, size, gsi = layout.virtio_mmio_slot(i)
+            if self.uses_irqfd:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self._irqfds.append((fd, gsi))
+                vm.irqfd(fd, gsi)
+                interrupt = EventFdInterrupt(fd)
+            else:
+                interrupt = LineInterrupt(vm.irq_line(gsi)) if irqchip else _NoInterrupt()
+            transport = VirtioMmio(device, mem, interrupt, on_error=on_error)
+            self.transports.append(transport)
+            if hasattr(device, "transport"):
+                device.transport = transport
+            mmio_bus.insert(transport, base, size, f"virtio{i}-{device.name}")
+            if self.uses_ioeventfd and not device.external_queues:
+                for q, fd in enumerate(transport.notify_fds):
+                    vm.ioeventfd(fd, base + vspec.VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=q)
+            elif self.uses_ioeventfd:
+                device.attach_kvm_notify(vm, base + vspec.VIRTIO_MMIO_QUEUE_NOTIFY)
+
+    def start(self) -> None:
+        for i, t in enumerate(self.transports):
+            if t.device.external_queues:
+                continue
+            self.workers.append(DeviceWorker(t, f"virtio{i}", on_crash=self._on_crash).start())
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+
+    def close(self) -> None:
+        self.stop()
+        for t in self.transports:
+            t.close()
+        self.transports = []
+        for fd, _gsi in self._irqfds:
+            os.close(fd)  # closing the eventfd also releases KVM's irqfd (it watches for POLLHUP)
+        self._irqfds = []
+
+
+class _NoInterrupt:
+    def trigger(self) -> None:
+        pass
+
+
+def report_driver_error(message: str) -> None:
+    print(f"pvhboot: virtio: {message} (device needs reset)", file=sys.stderr)
