@@ -30,6 +30,7 @@ class MemoryRegion:
     guest_addr: int
     size: int
     mapping: mmap.mmap
+    fd: int = -1  # the memfd behind a shared region (vhost-user back ends map it), else -1
 
     @property
     def end(self) -> int:
@@ -44,20 +45,33 @@ class MemoryRegion:
 class GuestMemory:
     """A set of non-overlapping RAM regions.  Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, ranges: list[tuple[int, int]]):
+    def __init__(self, ranges: list[tuple[int, int]], shared: bool = False):
+        """``shared``: back each range with a memfd mapped MAP_SHARED, so another process (a
+        vhost-user back end such as virtiofsd) can map the same pages from the fd."""
         self.regions: list[MemoryRegion] = []
+        self.shared = shared
         try:
             for gpa, size in sorted(ranges):
                 if size <= 0 or gpa % mmap.PAGESIZE or size % mmap.PAGESIZE:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} is not page aligned")
                 if self.regions and gpa < self.regions[-1].end:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} overlaps another")
-                m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                fd = -1
+                if shared:
+                    fd = os.memfd_create(f"pvhboot-ram-{gpa:#x}", os.MFD_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, size)
+                        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+                    except OSError as e:
+                        os.close(fd)
+                        raise LayoutError(f"cannot back {size:#x} bytes of shared guest RAM: {e.strerror}") from None
+                else:
+                    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
                 try:
                     m.madvise(_MADV_HUGEPAGE)
                 except (OSError, AttributeError):
                     pass
-                self.regions.append(MemoryRegion(gpa, size, m))
+                self.regions.append(MemoryRegion(gpa, size, m, fd))
         except BaseException:
             self.close()
             raise
@@ -75,6 +89,8 @@ class GuestMemory:
             except BufferError:
                 # A ctypes view still exports the buffer; it is released when collected.
                 pass
+            if r.fd >= 0:
+                os.close(r.fd)
         self.regions = []
 
     @property
@@ -125,7 +141,10 @@ class GuestMemory:
         head = (-gpa) % page  # bytes before the first page boundary inside the range
         mapped = 0
         # Pages past the end of the file would raise SIGBUS when touched: map only a file that is long enough.
-        if (gpa - offset) % page == 0 and length - head >= page and os.fstat(fd).st_size >= offset + length:
+        # Shared RAM is copied: a private file mapping over it would hide those pages from the other
+        # process that maps the memfd (a vhost-user back end would read zeros there).
+        if (r.fd < 0 and (gpa - offset) % page == 0 and length - head >= page
+                and os.fstat(fd).st_size >= offset + length):
             mapped = (length - head) // page * page
             if not _map_fixed(r.host_addr + off + head, mapped, fd, offset + head):
                 mapped = 0

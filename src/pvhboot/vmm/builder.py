@@ -400,7 +400,7 @@ class MicroVM:
     def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
                  memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
                  timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False,
-                 coalesced_uart: bool = True):
+                 coalesced_uart: bool = True, disks=(), shares=()):
         from ..boot.config import PROTOCOLS
 
         if protocol not in ("auto", *PROTOCOLS):
@@ -415,6 +415,8 @@ class MicroVM:
         self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
         self.stdin = stdin
         self.coalesced_uart = coalesced_uart  # see Machine
+        self.disks, self.shares = tuple(disks), tuple(shares)  # vmm.virtio.DiskSpec / ShareSpec
+        self._daemons: list = []  # virtiofsd processes, stopped by close()
         self.image = None
         self.loaded = None
         self.mem = None
@@ -430,6 +432,9 @@ class MicroVM:
         if self.machine is not None:
             self.machine.close()
             self.machine = None
+        for daemon in self._daemons:
+            daemon.stop()
+        self._daemons = []
         if self.mem is not None:
             self.mem.close()
             self.mem = None
@@ -455,8 +460,14 @@ class MicroVM:
         try:
             self.image = load_kernel(self.kernel_path)
             self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
+            devices = []
+            if self.disks or self.shares:
+                from .virtio import build_virtio_devices, virtio_slots
+
+                devices, self._daemons = build_virtio_devices(self.disks, self.shares)
             config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                                protocol=self.protocol)
+                                protocol=self.protocol,
+                                virtio_mmio=virtio_slots(len(devices)) if devices else ())
             # --symbols is loaded now (a bad file is the user's error, before the guest runs); the
             # kernel's own .symtab only when a report needs it (seconds for a distro vmlinux).
             if self.symbols_path:
@@ -466,14 +477,18 @@ class MicroVM:
             else:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
-            self.mem = GuestMemory(list(plan.ram_ranges))
+            # A vhost-user back end (virtiofsd) maps guest RAM itself: memfd-backed, shared.
+            self.mem = GuestMemory(list(plan.ram_ranges), shared=bool(self.shares))
             loaded = load_guest(self.image, config, plan, self.mem)
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
                                    timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart)
+                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart,
+                                   virtio=devices)
+            for daemon in self._daemons:
+                daemon.watch(self._daemon_died)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise
@@ -482,6 +497,13 @@ class MicroVM:
     def run(self) -> VmExit:
         machine = self.machine or self.build()
         return machine.run()
+
+    def _daemon_died(self, message: str) -> None:
+        from .crash import CrashInfo
+
+        machine = self.machine
+        if machine is not None:
+            machine.ctl.stop("crash", 1, crash=CrashInfo(kind="device back end died", vcpu=0, detail=message))
 
 
 class _LazySymbols:

@@ -80,3 +80,73 @@ class _NoInterrupt:
 
 def report_driver_error(message: str) -> None:
     print(f"pvhboot: virtio: {message} (device needs reset)", file=sys.stderr)
+
+
+# --- what the user asks for: disks and shared directories ---
+class DiskSpec:
+    """``--disk PATH[,ro]``."""
+
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        self.path, self.read_only = path, read_only
+
+    @classmethod
+    def parse(cls, text: str) -> DiskSpec:
+        from ..errors import ConfigError
+
+        path, *opts = text.split(",")
+        if not path:
+            raise ConfigError(f"--disk {text!r}: no path (PATH[,ro])")
+        bad = [o for o in opts if o not in ("ro", "rw")]
+        if bad:
+            raise ConfigError(f"--disk {text!r}: unknown option {bad[0]!r} (PATH[,ro])")
+        return cls(path, read_only="ro" in opts)
+
+
+class ShareSpec:
+    """A host directory shown to the guest through virtio-fs under ``tag`` (mounted by the guest)."""
+
+    def __init__(self, host: str, tag: str, read_only: bool = False) -> None:
+        self.host, self.tag, self.read_only = host, tag, read_only
+
+    @classmethod
+    def parse(cls, text: str, index: int) -> ShareSpec:
+        """``--share HOST[:TAG]`` (TAG defaults to share<index>).  The guest mounts it (read-only
+        if it likes: QEMU 7.2's virtiofsd has no read-only mode of its own)."""
+        from ..errors import ConfigError
+
+        host, _, tag = text.partition(":")
+        if not host:
+            raise ConfigError(f"--share {text!r}: no host directory (HOST[:TAG])")
+        return cls(host, tag or f"share{index}")
+
+
+def build_virtio_devices(disks=(), shares=()):
+    """The devices for ``disks`` (DiskSpec) and ``shares`` (ShareSpec), and the virtiofsd daemons
+    started for the shares (the caller stops them).  Transport order: disks, then shares."""
+    from ..devices.virtio import VirtioBlock
+    from ..devices.virtio.fs import VirtioFs
+    from ..devices.virtio.vhost_user import VhostUserError
+    from ..errors import ConfigError
+    from .virtiofsd import Virtiofsd
+
+    if len(disks) + len(shares) > layout.VIRTIO_MMIO_MAX_DEVICES:
+        raise ConfigError(f"{len(disks) + len(shares)} virtio devices; at most {layout.VIRTIO_MMIO_MAX_DEVICES}")
+    devices, daemons = [], []
+    try:
+        for d in disks:
+            devices.append(VirtioBlock(d.path, read_only=d.read_only))
+        for s in shares:
+            daemon = Virtiofsd(s.host, s.tag)
+            daemons.append(daemon)
+            daemon.start()
+            try:
+                devices.append(VirtioFs(daemon.socket_path, s.tag))
+            except (VhostUserError, ValueError) as e:
+                raise ConfigError(f"share {s.host}: {e}; virtiofsd said: {daemon.log_tail()}") from None
+    except BaseException:
+        for dev in devices:
+            dev.close()
+        for daemon in daemons:
+            daemon.stop()
+        raise
+    return devices, daemons

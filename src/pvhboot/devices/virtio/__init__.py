@@ -22,3 +22,4 @@ from .worker import DeviceWorker
 
 __all__ = ["CountingInterrupt", "DeviceWorker", "EventFdInterrupt", "Interrupt", "LineInterrupt", "SplitQueue",
            "VirtioBlock", "VirtioConsole", "VirtioDevice", "VirtioMmio", "VirtqueueError"]
+# fs.py (VirtioFs, vhost-user front end) and vhost_user.py are imported by name where used.

@@ -37,7 +37,8 @@ class VirtioMmio:
         self.queues = [SplitQueue(n) for n in device.queue_sizes]
         # One eventfd per queue: the kick.  The VMM registers each with KVM_IOEVENTFD on QueueNotify.
         self.notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
-        self.device_features = device.features | _TRANSPORT_FEATURES
+        # A vhost-user device offers only what its back end implements (it already filtered).
+        self.device_features = device.features | (0 if device.external_queues else _TRANSPORT_FEATURES)
         self.errors: list[str] = []
         self._reset_registers()
 
