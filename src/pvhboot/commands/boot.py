@@ -33,6 +33,11 @@ def add_parser(subparsers):
                    help="make every write to COM1's THR a full VM exit (by default THR is a coalesced "
                         "PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
     p.add_argument("--events-json", metavar="FILE", help="write the exit record and boot markers as JSON")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="raw disk image as a virtio-mmio block device (several allowed; found through ACPI)")
+    p.add_argument("--share", action="append", default=[], metavar="HOST[:TAG]",
+                   help="host directory through virtio-fs + virtiofsd (guest: mount -t virtiofs TAG DIR; "
+                        "TAG defaults to share0, share1, ...)")
     return p
 
 
@@ -50,10 +55,14 @@ def run(args) -> int:
                 open(path, "rb").close()
             except OSError as e:
                 raise ConfigError(f"cannot read {name} {path}: {e.strerror}") from None
+    from ..vmm.virtio import DiskSpec, ShareSpec
+
+    disks = [DiskSpec.parse(d) for d in args.disk]
+    shares = [ShareSpec.parse(s, i) for i, s in enumerate(args.share)]
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
                  protocol=args.protocol, timeout=args.timeout, symbols=args.symbols,
-                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart) as vm:
+                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart, disks=disks, shares=shares) as vm:
         record = vm.run()
     if args.events_json:
         write_atomically(args.events_json, [record.to_json_bytes()])

@@ -32,8 +32,10 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def render_init(cmd: list[str], *, workdir: str = "/root") -> str:
-    """The /init shell script that runs ``cmd`` (argv, quoted for sh) and reports its status."""
+def render_init(cmd: list[str], *, workdir: str = "/root", prelude: str = "", command: str | None = None) -> str:
+    """The /init shell script that runs ``cmd`` (argv, quoted for sh) and reports its status.
+    ``prelude``: lines run before the command (module loading, mounts: _run_virtio.py);
+    ``command``: the shell line to run instead of ``cmd`` quoted (e.g. chrooted)."""
     if not cmd:
         raise ConfigError("no command given (usage: pvhboot run [options] -- CMD ARGS...)")
     import shlex  # lazily: `pvhboot boot` imports every subcommand module (cli.build_parser)
@@ -49,9 +51,9 @@ mount -t tmpfs tmpfs /run
 # Only emergencies from the kernel on the console from here on: the user's output stays clean.
 echo 1 > /proc/sys/kernel/printk
 export PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin HOME={workdir} TERM=${{TERM:-linux}}
-cd {shlex.quote(workdir)}
+{prelude}cd {shlex.quote(workdir)}
 echo {BEGIN_MARKER.decode()}
-{shlex.join(cmd)}
+{command or shlex.join(cmd)}
 rc=$?
 echo "{EXIT_MARKER.decode()}$rc"
 poweroff -f
@@ -94,7 +96,7 @@ def _is_dynamic(path: str) -> bool:
 
 
 def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
-                        files: list[tuple[str, str]] = ()) -> None:
+                        files: list[tuple[str, str]] = (), devices=None) -> None:
     """Stream the initramfs for ``cmd`` to ``out``: busybox with its applet links, /dev/console
     (the kernel opens it for init before devtmpfs exists), the generated /init, and extra host
     files as (host path, guest path) pairs."""
@@ -113,11 +115,18 @@ def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
                 cpio.add_symlink(applet, "../" * depth + "bin/busybox")
         cpio.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
         cpio.add_file("etc/group", b"root:x:0:\n")
+        init = render_init(cmd)
+        if devices is not None and devices.any:  # virtio disks / shared directories (_run_virtio.py)
+            from . import _run_virtio
+
+            init = render_init(cmd, prelude=_run_virtio.prelude(devices, list(files)),
+                               command=_run_virtio.command_line(devices, cmd))
+            files = _run_virtio.pack(cpio, devices, list(files))
         for host, guest in files:
             if not os.path.isfile(host):
                 raise ConfigError(f"--file {host!r}: no such file")
             cpio.add_file_from(guest, host)
-        cpio.add_file("init", render_init(cmd).encode(), mode=0o755)
+        cpio.add_file("init", init.encode(), mode=0o755)
 
 
 def _version_key(path: Path) -> list:
@@ -222,6 +231,17 @@ def add_parser(subparsers):
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
+    p.add_argument("--root", metavar="DIR", help="host directory the guest sees as / (read-only, writes go to "
+                   "a tmpfs overlay; default: the host's /, through virtio-fs)")
+    p.add_argument("--no-root", action="store_true", help="no host root: the command runs in the initramfs")
+    p.add_argument("--rodir", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="show a host directory read-only at GUEST (default: the same path)")
+    p.add_argument("--rwdir", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="show a host directory writable through at GUEST (default: the same path)")
+    p.add_argument("--cwd", metavar="DIR", help="guest working directory (default: the current directory "
+                   "with the host root, else /root)")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="raw disk image as a virtio-blk disk (/dev/vda, vdb, ... in order)")
     p.add_argument("--initramfs-out", metavar="FILE",
                    help="write the generated initramfs to FILE and exit without booting")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
@@ -247,15 +267,17 @@ def run(args) -> int:
     memory = parse_size(args.memory)
     files = _parse_files(args.file)
     busybox = find_busybox()
-    if args.initramfs_out:
-        from ._util import write_atomically
-        buf = io.BytesIO()
-        write_run_initramfs(buf, cmd, busybox=busybox, files=files)
-        write_atomically(args.initramfs_out, [buf.getvalue()])
-        return 0
     kernel = Path(args.kernel) if args.kernel else find_kernel()
     if not kernel.is_file():
         raise ConfigError(f"kernel {str(kernel)!r} is not a file")
+    from ._run_virtio import plan_devices
+    devices = plan_devices(args, kernel)
+    if args.initramfs_out:
+        from ._util import write_atomically
+        buf = io.BytesIO()
+        write_run_initramfs(buf, cmd, busybox=busybox, files=files, devices=devices)
+        write_atomically(args.initramfs_out, [buf.getvalue()])
+        return 0
     try:
         from ..vmm import MicroVM
     except ImportError as e:  # the VMM is a separate layer; say so rather than a traceback
@@ -271,11 +293,12 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
-            write_run_initramfs(f, cmd, busybox=busybox, files=files)
-        vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
+            write_run_initramfs(f, cmd, busybox=busybox, files=files, devices=devices)
+        with MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
                      cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
-        record = vm.run()
+                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty(),
+                     disks=devices.disks, shares=devices.shares) as vm:  # close() stops virtiofsd
+            record = vm.run()
     if console.exit_status is not None:
         return console.exit_status
     # The command never reported: show what was hidden and why the VM stopped.

@@ -14,6 +14,7 @@ import sys
 from ..abi import kvm as abi
 from ..devices.virtio import DeviceWorker, EventFdInterrupt, LineInterrupt, VirtioMmio
 from ..devices.virtio import spec as vspec
+from ..errors import ConfigError
 from ..memory import layout
 
 
@@ -34,6 +35,8 @@ class VirtioSet:
         self._on_crash = on_crash
         for i, device in enumerate(devices):
             base, size, gsi = layout.virtio_mmio_slot(i)
+            if device.external_queues and not self.uses_irqfd:
+                raise ConfigError(f"{device.name} needs KVM_CAP_IRQFD and the in-kernel irqchip")
             if self.uses_irqfd:
                 fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 self._irqfds.append((fd, gsi))
@@ -46,11 +49,11 @@ class VirtioSet:
             if hasattr(device, "transport"):
                 device.transport = transport
             mmio_bus.insert(transport, base, size, f"virtio{i}-{device.name}")
-            if self.uses_ioeventfd and not device.external_queues:
+            if self.uses_ioeventfd:  # for a vhost-user device the back end waits on the same eventfds
                 for q, fd in enumerate(transport.notify_fds):
                     vm.ioeventfd(fd, base + vspec.VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=q)
-            elif self.uses_ioeventfd:
-                device.attach_kvm_notify(vm, base + vspec.VIRTIO_MMIO_QUEUE_NOTIFY)
+            elif device.external_queues:
+                raise ConfigError(f"{device.name} needs KVM_CAP_IOEVENTFD (the back end waits on the kick)")
 
     def start(self) -> None:
         for i, t in enumerate(self.transports):
