@@ -93,6 +93,16 @@ class ModuleTree:
         return [self.tree / self.paths[n] for n in order]
 
 
+    def dep_lines(self, names: list[str]) -> str:
+        """A modules.dep holding just ``names`` and what they need (for a trimmed copy of the tree)."""
+        lines = []
+        for path in self.load_order(names):
+            name = _name_of(path.name)
+            deps = " ".join(self.paths[d] for d in self._depends(name) if d not in self.builtin)
+            lines.append(f"{self.paths[name]}:{' ' + deps if deps else ''}")
+        return "\n".join(lines) + "\n"
+
+
 def _modinfo_depends(path: Path) -> list[str]:
     """The ``depends=`` field of a module's .modinfo section (NUL-separated key=value strings)."""
     from elftools.common.exceptions import ELFError

@@ -31,6 +31,25 @@ def find_virtiofsd() -> str:
     raise ConfigError("virtiofsd not found (Debian: apt-get install qemu-system-common; or set PVHBOOT_VIRTIOFSD)")
 
 
+def sandbox_mode(source: str) -> str:
+    """virtiofsd's default sandbox pivot_root()s into the shared directory, which the kernel refuses
+    when that directory lives on the initramfs's rootfs (pivot_root(2): EINVAL), as in the nested
+    rig; chroot works there."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mount_point = fields[4]
+                sep = fields.index("-")
+                if (source == mount_point or source.startswith(mount_point.rstrip("/") + "/")) \
+                        and len(mount_point) >= len(best):
+                    best, fstype = mount_point, fields[sep + 1]
+    except (OSError, ValueError, IndexError):
+        return "namespace"
+    return "chroot" if fstype == "rootfs" else "namespace"
+
+
 class Virtiofsd:
     def __init__(self, source: str, tag: str, binary: str | None = None) -> None:
         if not os.path.isdir(source):
@@ -46,8 +65,11 @@ class Virtiofsd:
         self._watcher: threading.Thread | None = None
 
     def start(self) -> Virtiofsd:
+        # No -o announce_submounts: it turns every host mount point into an automount dentry in the
+        # guest, which overlayfs refuses to traverse (EREMOTE), and `run` overlays the host root.
         cmd = [self.binary, f"--socket-path={self.socket_path}", "-o", f"source={self.source}",
-               "-o", "cache=auto", "-o", "log_level=warn", "-o", "announce_submounts"]
+               "-o", "cache=auto", "-o", "log_level=warn",
+               "-o", f"sandbox={sandbox_mode(self.source)}"]
         with open(self._log_path, "wb") as log:
             try:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
