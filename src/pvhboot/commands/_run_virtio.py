@@ -62,15 +62,11 @@ def _pair(text: str, option: str) -> tuple[str, str]:
     return host, guest
 
 
-def plan_devices(args, kernel: Path) -> RunDevices:
-    """What `run`'s options ask for (``args``: root, no_root, rodir, rwdir, disk, cwd)."""
-    from ..vmm.virtio import DiskSpec
-
+def plan_devices(args, config, kernel: Path) -> RunDevices:
+    """What `run`'s options ask for (``args``: root, no_root, rodir, rwdir, cwd; the disks are
+    already checked in ``config``, the VmConfig)."""
     plan = RunDevices()
-    plan.disks = [DiskSpec.parse(d) for d in args.disk]
-    for d in plan.disks:
-        if not os.path.isfile(d.path):
-            raise ConfigError(f"--disk {d.path}: not a regular file (a raw image is needed)")
+    plan.disks = list(config.disks)
     plan.dirs = [(*_pair(t, "--rodir"), False) for t in args.rodir] + [(*_pair(t, "--rwdir"), True)
                                                                         for t in args.rwdir]
     if not args.no_root:

@@ -18,10 +18,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._util import parse_size
+from .vm_options import add_vm_options, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
+HIDDEN_TAIL = 64 << 10  # bytes of the hidden kernel log kept for a failure report
 _EXIT_LINE = re.compile(rb"PVHBOOT-EXIT=(-?\d+)")
 # The kernel arguments `run` always gives: COM1 console, quiet boot log, a panic reboots at once
 # (the VMM turns that into a crash report instead of a guest spinning in panic()).
@@ -123,8 +124,6 @@ def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
                                command=_run_virtio.command_line(devices, cmd))
             files = _run_virtio.pack(cpio, devices, list(files))
         for host, guest in files:
-            if not os.path.isfile(host):
-                raise ConfigError(f"--file {host!r}: no such file")
             cpio.add_file_from(guest, host)
         cpio.add_file("init", init.encode(), mode=0o755)
 
@@ -160,7 +159,7 @@ class ConsoleFilter:
         self.out = out
         self.started = False
         self.exit_status: int | None = None
-        self.hidden = bytearray()  # the kernel log before the command, for failure reports
+        self.hidden = bytearray()  # the end of the kernel log before the command, for failure reports
         self._line = bytearray()  # the current line when it may still turn out to be a marker
         self._mid_line = False  # bytes of the current line were already passed on
         self._cr = False  # a CR held back: it may be the first half of a CR LF
@@ -184,6 +183,11 @@ class ConsoleFilter:
             b, self._cr = b[:-1], True
         self.out.write(b)
 
+    def _hide(self, data: bytes) -> None:
+        self.hidden += data
+        if len(self.hidden) > 2 * HIDDEN_TAIL:  # keep the tail only (the report shows 40 lines)
+            del self.hidden[:-HIDDEN_TAIL]
+
     def _feed(self, chunk: bytes) -> None:
         if self.exit_status is not None:
             return  # after the exit marker only poweroff noise follows
@@ -192,6 +196,10 @@ class ConsoleFilter:
             self._mid_line = not chunk.endswith(b"\n")
             return
         self._line += chunk
+        if not self.started and len(self._line) > HIDDEN_TAIL:
+            self._hide(bytes(self._line))  # a line that long is no marker: memory stays bounded
+            self._line.clear()
+            return
         if not self._line.endswith(b"\n"):
             text = bytes(self._line).lstrip(b"\r")
             if self.started and not (BEGIN_MARKER.startswith(text) or EXIT_MARKER.startswith(text)
@@ -207,7 +215,7 @@ class ConsoleFilter:
             if stripped == BEGIN_MARKER:
                 self.started = True
             else:
-                self.hidden += line
+                self._hide(line)
             return
         m = _EXIT_LINE.fullmatch(stripped)
         if m:
@@ -224,15 +232,9 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    p.add_argument("--memory", default="256M", help="guest RAM (default 256M)")
-    p.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    p.add_argument("--protocol", default="auto", choices=("auto", "pvh", "linux32", "linux64"))
-    p.add_argument("--append", default="", help="extra kernel command-line arguments")
-    p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
-                   help="copy a host file into the guest (default: same path)")
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "disks"), memory="256M")
     p.add_argument("--root", metavar="DIR", help="host directory the guest sees as / (read-only, writes go to "
-                   "a tmpfs overlay; default: the host's /, through virtio-fs)")
+                   "a tmpfs overlay; default: the host's /, through virtio-fs and virtiofsd)")
     p.add_argument("--no-root", action="store_true", help="no host root: the command runs in the initramfs")
     p.add_argument("--rodir", action="append", default=[], metavar="HOST[:GUEST]",
                    help="show a host directory read-only at GUEST (default: the same path)")
@@ -240,8 +242,9 @@ def add_parser(subparsers):
                    help="show a host directory writable through at GUEST (default: the same path)")
     p.add_argument("--cwd", metavar="DIR", help="guest working directory (default: the current directory "
                    "with the host root, else /root)")
-    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
-                   help="raw disk image as a virtio-blk disk (/dev/vda, vdb, ... in order)")
+    p.add_argument("--append", default="", help="extra kernel command-line arguments")
+    p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="copy a host file into the guest (default: same path)")
     p.add_argument("--initramfs-out", metavar="FILE",
                    help="write the generated initramfs to FILE and exit without booting")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
@@ -249,9 +252,13 @@ def add_parser(subparsers):
 
 
 def _parse_files(specs: list[str]) -> list[tuple[str, str]]:
+    """(host, guest) pairs; each host file a regular file that fits an initrd (pvhboot.files)."""
+    from ..files import INITRD_LIMIT, check_regular
+
     pairs = []
     for spec in specs:
         host, _, guest = spec.partition(":")
+        check_regular(host, "--file", INITRD_LIMIT)
         pairs.append((host, guest or host))
     return pairs
 
@@ -262,21 +269,19 @@ def run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise ConfigError("no command given (usage: pvhboot run [options] -- CMD ARGS...)")
-    if args.cpus < 1:
-        raise ConfigError(f"--cpus must be at least 1, not {args.cpus}")
-    memory = parse_size(args.memory)
+    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
+    config = vm_config_from_args(args, cmdline=cmdline)  # the options, checked before any work
     files = _parse_files(args.file)
     busybox = find_busybox()
     kernel = Path(args.kernel) if args.kernel else find_kernel()
-    if not kernel.is_file():
-        raise ConfigError(f"kernel {str(kernel)!r} is not a file")
     from ._run_virtio import plan_devices
-    devices = plan_devices(args, kernel)
+    devices = plan_devices(args, config, kernel)
     if args.initramfs_out:
-        from ._util import write_atomically
+        from ..files import write_output
+
         buf = io.BytesIO()
         write_run_initramfs(buf, cmd, busybox=busybox, files=files, devices=devices)
-        write_atomically(args.initramfs_out, [buf.getvalue()])
+        write_output(args.initramfs_out, [buf.getvalue()], "--initramfs-out")
         return 0
     try:
         from ..vmm import MicroVM
@@ -288,17 +293,14 @@ def run(args) -> int:
         print("pvhboot run: note: /dev/kvm here is kvm_pvm, where an unmodified Linux does not boot "
               "(platform.md); use a hardware KVM or the nested rig (python3 -m pvhboot.rig)",
               file=sys.stderr)
-    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
     console = ConsoleFilter(sys.stdout.buffer)
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
             write_run_initramfs(f, cmd, busybox=busybox, files=files, devices=devices)
-        with MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
-                     cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty(),
-                     disks=devices.disks, shares=devices.shares) as vm:  # close() stops virtiofsd
-            record = vm.run()
+        with MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd, shares=tuple(devices.shares)),
+                     console=console, stdin=sys.stdin is not None and sys.stdin.isatty()) as vm:
+            record = vm.run()  # leaving the block stops virtiofsd
     if console.exit_status is not None:
         return console.exit_status
     # The command never reported: show what was hidden and why the VM stopped.

@@ -123,6 +123,8 @@ VIRTIO_MMIO_STRIDE = 0x1000
 """One page per transport (registers 0x000-0x0ff, device config from 0x100): each its own exit zone."""
 VIRTIO_MMIO_MAX_DEVICES = 8
 """Transports pvhboot creates at most: one per IOAPIC pin in VIRTIO_IRQ_FIRST.. (GSIs 16-23)."""
+MAX_DISK_SIZE = 1 << 50
+"""Largest raw image --disk takes (1 PiB; virtio-blk's capacity is a 64-bit sector count)."""
 VIRTIO_IRQ_FIRST = 16
 """GSI of transport 0; transport i uses GSI 16 + i, IOAPIC-only pins (KVM's default routing sends
 GSIs 16-23 to the IOAPIC alone), so no ISA device can claim them; the DSDT says edge, active high."""

@@ -132,8 +132,6 @@ def build_virtio_devices(disks=(), shares=()):
     from ..errors import ConfigError
     from .virtiofsd import Virtiofsd
 
-    if len(disks) + len(shares) > layout.VIRTIO_MMIO_MAX_DEVICES:
-        raise ConfigError(f"{len(disks) + len(shares)} virtio devices; at most {layout.VIRTIO_MMIO_MAX_DEVICES}")
     devices, daemons = [], []
     try:
         for d in disks:
