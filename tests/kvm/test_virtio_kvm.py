@@ -155,3 +155,19 @@ def test_hostile_guest_gets_needs_reset_not_a_dead_vmm(tmp_path):
         assert r.reason == "debug_exit", r.crash_report
         assert r.exit_code & V.VIRTIO_CONFIG_S_NEEDS_RESET
         assert any(e["kind"] == "device-error" and "longer than the queue" in e["source"] for e in r.events)
+
+
+def test_console_bytes_kicked_just_before_the_vm_stops_are_not_lost():
+    _needs_eventfds()
+    text = b"last words before poweroff\n"
+    out = []
+    with GuestMemory([(0, 1 << 20)]) as mem:
+        mem.write(0x40000, text)
+        mem.write(DESC + 0x4000, V.VIRTQ_DESC.pack(0x40000, len(text), 0, 0))
+        mem.write(AVAIL + 0x4000, struct.pack("<HHH", 0, 1, 0))
+        code = driver_code(2, 1, 0, irq=False)
+        cut = code.index(wait_u16(USED + 0x4000 + 2, 1))
+        code = code[:cut] + guests.debug_exit(0)  # kick, then stop at once: the device thread drains on stop
+        r, _ = _run(mem, code, VirtioConsole(out.append))
+        assert r.reason == "debug_exit"
+        assert b"".join(out) == text

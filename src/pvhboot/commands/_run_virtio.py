@@ -26,6 +26,7 @@ FILES_DIR = "pvhboot/files"  # --file copies, put in place after the new root is
 FS_MODULES = ("virtio_mmio", "fuse", "virtiofs")
 OVERLAY_MODULES = ("overlay",)
 BLK_MODULES = ("virtio_mmio", "virtio_blk")
+CONSOLE_MODULES = ("virtio_mmio", "virtio_console")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunDevices:
     disks: list = field(default_factory=list)  # vmm.virtio.DiskSpec
     cwd: str = "/root"
     modules: list[Path] = field(default_factory=list)
+    console: bool = False  # CMD's output through virtio-console (hvc0): no VM exit per byte
 
     @property
     def shares(self) -> list:
@@ -46,7 +48,7 @@ class RunDevices:
 
     @property
     def any(self) -> bool:
-        return bool(self.root or self.dirs or self.disks)
+        return bool(self.root or self.dirs or self.disks or self.console)
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -91,8 +93,13 @@ def plan_devices(args, config, kernel: Path) -> RunDevices:
         plan.cwd = os.getcwd()
     elif plan.root:
         plan.cwd = "/"
-    if len(plan.disks) + len(plan.shares) > 0:
+    plan.console = True
+    try:
         plan.modules = _modules(kernel, plan)
+    except ConfigError:
+        if plan.disks or plan.shares:
+            raise
+        plan.console = False  # no module tree: the command's output goes through COM1, as before
     return plan
 
 
@@ -100,6 +107,8 @@ def _modules(kernel: Path, plan: RunDevices) -> list[Path]:
     from ..image.modules import ModuleTree, module_tree
 
     names: list[str] = []
+    if plan.console:
+        names += CONSOLE_MODULES
     if plan.disks:
         names += BLK_MODULES
     if plan.root or plan.dirs:
@@ -145,6 +154,12 @@ def prelude(plan: RunDevices, files: list[tuple[str, str]]) -> str:
     for i, path in enumerate(plan.modules):
         mod = f"/{MODULE_DIR}/{i:02d}-{path.name}"
         lines.append(f"insmod {mod} || fail 'insmod {path.name} failed'")
+    if plan.console:
+        # From here on the markers and CMD's output go through hvc0 (virtio-console: the guest's
+        # writes reach pvhboot through the ring and an ioeventfd kick, no exit per byte); COM1
+        # keeps the kernel's own messages.  stdin stays the console (COM1), where input arrives.
+        lines += ["i=0; while [ ! -c /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done",
+                  "[ -c /dev/hvc0 ] && exec >/dev/hvc0 2>&1"]
     base = NEWROOT if plan.root else ""
     if plan.root:
         lines += [

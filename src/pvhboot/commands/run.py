@@ -298,7 +298,8 @@ def run(args) -> int:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
             write_run_initramfs(f, cmd, busybox=busybox, files=files, devices=devices)
-        with MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd, shares=tuple(devices.shares)),
+        with MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd, shares=tuple(devices.shares),
+                                         virtio_console=devices.console),
                      console=console, stdin=sys.stdin is not None and sys.stdin.isatty()) as vm:
             record = vm.run()  # leaving the block stops virtiofsd
     if console.exit_status is not None:

@@ -423,6 +423,7 @@ class MicroVM:
         self.kernel_path = config.kernel
         self.console, self.mutate, self.stdin = console, mutate, stdin
         self._daemons: list = []  # virtiofsd processes for config.shares, stopped by close()
+        self._console_lock = threading.Lock()
         self.image = None
         self.loaded = None
         self.mem = None
@@ -477,10 +478,11 @@ class MicroVM:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
             devices = []
-            if vm.disks or vm.shares:
+            if vm.virtio_devices:
                 from .virtio import build_virtio_devices
 
-                devices, self._daemons = build_virtio_devices(vm.disks, vm.shares)
+                devices, self._daemons = build_virtio_devices(
+                    vm.disks, vm.shares, self._virtio_console_output if vm.virtio_console else None)
             # A vhost-user back end (virtiofsd) maps guest RAM itself: memfd-backed, shared.
             self.mem = GuestMemory(list(plan.ram_ranges), shared=bool(vm.shares))
             loaded = load_guest(self.image, config, plan, self.mem)
@@ -501,6 +503,11 @@ class MicroVM:
     def run(self) -> VmExit:
         machine = self.machine or self.build()
         return machine.run()
+
+    def _virtio_console_output(self, data: bytes) -> None:
+        """hvc0's bytes (device thread) go where COM1's go: the Machine's console."""
+        with self._console_lock:
+            self.machine.console(data)
 
     def _daemon_died(self, message: str) -> None:
         from .crash import CrashInfo

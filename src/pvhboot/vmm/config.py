@@ -108,6 +108,7 @@ class VmConfig:
     coalesced_uart: bool = True  # COM1's THR as a coalesced PIO zone (see Machine)
     disks: tuple = ()  # vmm.virtio.DiskSpec: virtio-blk disks (transports 0.., in order)
     shares: tuple = ()  # vmm.virtio.ShareSpec: virtio-fs shares served by virtiofsd (after the disks)
+    virtio_console: bool = False  # a virtio-console (hvc0) writing to the VM's console, after the shares
     check_files: bool = True
 
     def __post_init__(self) -> None:
@@ -118,8 +119,8 @@ class VmConfig:
         object.__setattr__(self, "timeout", check_timeout(self.timeout))
         object.__setattr__(self, "disks", tuple(self.disks))
         object.__setattr__(self, "shares", tuple(self.shares))
-        if len(self.disks) + len(self.shares) > L.VIRTIO_MMIO_MAX_DEVICES:
-            raise ConfigError(f"{len(self.disks) + len(self.shares)} virtio devices (--disk, --share); "
+        if self.virtio_devices > L.VIRTIO_MMIO_MAX_DEVICES:
+            raise ConfigError(f"{self.virtio_devices} virtio devices (--disk, --share, ...); "
                               f"at most {L.VIRTIO_MMIO_MAX_DEVICES}")
         for name in ("kernel", "initrd", "symbols", "events_json"):
             value = getattr(self, name)
@@ -149,6 +150,11 @@ class VmConfig:
             check_output(self.events_json, "--events-json",
                          inputs=[p for p in (self.kernel, self.initrd, self.symbols) if p])
 
+    @property
+    def virtio_devices(self) -> int:
+        """How many virtio-mmio transports the VM gets (disks, shares, console)."""
+        return len(self.disks) + len(self.shares) + int(self.virtio_console)
+
     def with_(self, **changes) -> VmConfig:
         """A copy with ``changes`` (validated again)."""
         return replace(self, **changes)
@@ -158,4 +164,4 @@ class VmConfig:
         from .virtio import virtio_slots
 
         return BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                          protocol=protocol, virtio_mmio=virtio_slots(len(self.disks) + len(self.shares)))
+                          protocol=protocol, virtio_mmio=virtio_slots(self.virtio_devices))

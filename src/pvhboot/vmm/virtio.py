@@ -123,9 +123,10 @@ class ShareSpec:
         return cls(host, tag or f"share{index}")
 
 
-def build_virtio_devices(disks=(), shares=()):
-    """The devices for ``disks`` (DiskSpec) and ``shares`` (ShareSpec), and the virtiofsd daemons
-    started for the shares (the caller stops them).  Transport order: disks, then shares."""
+def build_virtio_devices(disks=(), shares=(), console=None):
+    """The devices for ``disks`` (DiskSpec) and ``shares`` (ShareSpec) and, when ``console`` (a
+    callable taking bytes) is given, a virtio-console writing to it; and the virtiofsd daemons
+    started for the shares (the caller stops them).  Transport order: disks, shares, console."""
     from ..devices.virtio import VirtioBlock
     from ..devices.virtio.fs import VirtioFs
     from ..devices.virtio.vhost_user import VhostUserError
@@ -144,6 +145,10 @@ def build_virtio_devices(disks=(), shares=()):
                 devices.append(VirtioFs(daemon.socket_path, s.tag))
             except (VhostUserError, ValueError) as e:
                 raise ConfigError(f"share {s.host}: {e}; virtiofsd said: {daemon.log_tail()}") from None
+        if console is not None:
+            from ..devices.virtio import VirtioConsole
+
+            devices.append(VirtioConsole(console))
     except BaseException:
         for dev in devices:
             dev.close()

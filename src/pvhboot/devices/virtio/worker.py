@@ -41,6 +41,7 @@ class DeviceWorker:
             while True:
                 for key, _ in self._sel.select():
                     if key.data is None:
+                        self._drain()
                         return
                     kind, arg = key.data
                     if kind == "queue":
@@ -57,6 +58,12 @@ class DeviceWorker:
                 self.on_crash(e)
             else:
                 raise
+
+    def _drain(self) -> None:
+        """On stop: serve what the guest queued before the VM stopped (a console's last line, the
+        kick for which may still sit in its eventfd when the guest powers off right after)."""
+        for i in range(len(self.transport.notify_fds)):
+            self.transport.process(i)
 
     def stop(self) -> None:
         if self._thread is not None:
