@@ -80,12 +80,19 @@ def plan_devices(args, config, kernel: Path) -> RunDevices:
         from ..vmm.virtiofsd import find_virtiofsd
 
         if args.root is None and not plan.dirs and not args.no_root:
+            # The default only (an explicit --root/--rodir/--rwdir fails instead): QEMU 7.2's
+            # virtiofsd sandboxes itself with namespaces or chroot, which needs root.
+            why = None
             try:
                 find_virtiofsd()
-            except ConfigError as e:  # the default only: an explicit request fails instead
+            except ConfigError as e:
+                why = str(e)
+            if why is None and os.geteuid() != 0:
+                why = "virtiofsd needs root to sandbox itself (namespaces or chroot)"
+            if why is not None:
                 import sys
 
-                print(f"pvhboot run: note: {e}; the guest gets the initramfs only", file=sys.stderr)
+                print(f"pvhboot run: note: {why}; the guest gets the initramfs only (--no-root)", file=sys.stderr)
                 plan.root = None
     if args.cwd:
         plan.cwd = args.cwd
