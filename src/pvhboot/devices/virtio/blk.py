@@ -19,7 +19,7 @@ import stat
 from ...errors import ConfigError
 from . import spec
 from .device import VirtioDevice
-from .queue import VirtqueueError, gather, views
+from .queue import VirtqueueError, gather, scatter, views
 
 QUEUE_SIZE = 256
 SEG_MAX = QUEUE_SIZE - 2  # every descriptor but the header's and the status byte's
@@ -94,7 +94,7 @@ class VirtioBlock(VirtioDevice):
             status = self._flush()
         elif rtype == spec.VIRTIO_BLK_T_GET_ID:
             ident = self.serial.ljust(spec.VIRTIO_BLK_ID_BYTES, b"\0")[:data_in]
-            written = _scatter_views(views(mem, chain.writable, 0, data_in), ident)
+            written = scatter(mem, chain.writable, ident)
             status = spec.VIRTIO_BLK_S_OK
         else:
             status = spec.VIRTIO_BLK_S_UNSUPP
@@ -162,12 +162,3 @@ def _io_all(fn, fd: int, bufs: list[memoryview], offset: int) -> int:
         done += n
     return done
 
-
-def _scatter_views(bufs: list[memoryview], data: bytes) -> int:
-    done = 0
-    for b in bufs:
-        n = min(len(b), len(data) - done)
-        b[:n] = data[done:done + n]
-        done += n
-        b.release()
-    return done

@@ -184,53 +184,36 @@ class SplitQueue:
             yield chain
 
 
-def gather(mem, segments: list[Segment], skip: int = 0, limit: int | None = None) -> bytes:
-    """The bytes of ``segments`` from offset ``skip`` (at most ``limit`` bytes)."""
-    out = bytearray()
-    for s in segments:
-        if skip >= s.length:
-            skip -= s.length
-            continue
-        n = s.length - skip
-        if limit is not None:
-            n = min(n, limit - len(out))
-        if n <= 0:
-            break
-        out += mem.read(s.addr + skip, n)
-        skip = 0
-    return bytes(out)
-
-
-def scatter(mem, segments: list[Segment], data: bytes, skip: int = 0) -> int:
-    """Write ``data`` across ``segments`` from offset ``skip``; returns the bytes written."""
-    done = 0
-    for s in segments:
-        if done >= len(data):
-            break
-        if skip >= s.length:
-            skip -= s.length
-            continue
-        n = min(s.length - skip, len(data) - done)
-        mem.write(s.addr + skip, data[done:done + n])
-        done += n
-        skip = 0
-    return done
-
-
-def views(mem, segments: list[Segment], skip: int = 0, limit: int | None = None) -> list[memoryview]:
-    """Zero-copy writable views of ``segments`` (for preadv/pwritev straight into guest RAM)."""
-    out = []
+def spans(segments: list[Segment], skip: int = 0, limit: int | None = None):
+    """(guest address, length) runs of ``segments`` from byte ``skip``, at most ``limit`` bytes in all."""
     left = limit
     for s in segments:
         if skip >= s.length:
             skip -= s.length
             continue
-        n = s.length - skip
-        if left is not None:
-            n = min(n, left)
-            left -= n
+        n = s.length - skip if left is None else min(s.length - skip, left)
         if n <= 0:
-            break
-        out.append(mem.view(s.addr + skip, n))
+            return
+        yield s.addr + skip, n
+        if left is not None:
+            left -= n
         skip = 0
-    return out
+
+
+def gather(mem, segments: list[Segment], skip: int = 0, limit: int | None = None) -> bytes:
+    """The bytes of ``segments`` from offset ``skip`` (at most ``limit`` bytes)."""
+    return b"".join(mem.read(addr, n) for addr, n in spans(segments, skip, limit))
+
+
+def scatter(mem, segments: list[Segment], data: bytes, skip: int = 0) -> int:
+    """Write ``data`` across ``segments`` from offset ``skip``; returns the bytes written."""
+    done = 0
+    for addr, n in spans(segments, skip, len(data)):
+        mem.write(addr, data[done:done + n])
+        done += n
+    return done
+
+
+def views(mem, segments: list[Segment], skip: int = 0, limit: int | None = None) -> list[memoryview]:
+    """Zero-copy writable views of ``segments`` (for preadv/pwritev straight into guest RAM)."""
+    return [mem.view(addr, n) for addr, n in spans(segments, skip, limit)]
