@@ -1,4 +1,4 @@
-"""Bench 8: virtio notifications on this /dev/kvm, side by side.
+"""Bench 10: virtio notifications on this /dev/kvm, side by side.
 
 A 32-bit guest writes QueueNotify of a virtio-mmio transport N times in a loop (`mov dword [notify],
 q ; dec ecx ; jnz`), then leaves through the debug-exit port:
@@ -9,8 +9,8 @@ q ; dec ecx ; jnz`), then leaves through the debug-exit port:
   and bus (what a virtio-mmio transport without ioeventfd costs per kick).
 
 And host side, per interrupt raised: one eventfd write registered with KVM_IRQFD (what the device
-threads do) against a KVM_IRQ_LINE pulse (two ioctls).  The rig rows (disks and virtio-fs against
-QEMU in the nested rig) are not measured yet: the rig carries no QEMU.
+threads do) against a KVM_IRQ_LINE pulse (two ioctls).  Disks and virtio-fs against QEMU under real
+Linux: bench 11 (bench/virtio_rig.py, in the nested rig).
 """
 from __future__ import annotations
 
@@ -90,17 +90,14 @@ def measure(repeats: int, kicks: int, irqs: int) -> dict:
         runs["irq_line"].append(b)
     us = {k: median(v) * 1e6 / (irqs if k.startswith("irq") else kicks) for k, v in runs.items()}
     rows = [
-        row("8a", "virtio kick, KVM_IOEVENTFD (guest loop, wall)", "us/kick", us["ioeventfd"], us["exit"],
+        row("10a", "virtio kick, KVM_IOEVENTFD (guest loop, wall)", "us/kick", us["ioeventfd"], us["exit"],
             "same write as an MMIO exit to pvhboot"),
-        row("8b", "interrupt, KVM_IRQFD eventfd write", "us/irq", us["irqfd"], us["irq_line"],
+        row("10b", "interrupt, KVM_IRQFD eventfd write", "us/irq", us["irqfd"], us["irq_line"],
             "KVM_IRQ_LINE pulse (2 ioctls)"),
-        row("8c", "disk / virtio-fs vs QEMU in the rig", "", None, None, "QEMU microvm", status="not run"),
     ]
     notes = [f"{kicks} QueueNotify writes per guest run, {irqs} interrupts per host loop, {repeats} "
              "interleaved repeats, medians; the guest loop's own instructions are emulated at CPL0 on "
-             "kvm_pvm (~1 us each), so 8a includes ~3 us of loop per kick in both columns",
-             "8c: the rig has no QEMU inside yet, so the issue's disk MB/s, 4 KiB IOPS, virtio-fs tree "
-             "walk / large read and `run -- true` ratios against QEMU are still to be measured"]
+             "kvm_pvm (~1 us each), so 10a includes ~3 us of loop per kick in both columns"]
     return {"rows": rows, "notes": notes, "details": {"us": us, "runs_s": runs}}
 
 

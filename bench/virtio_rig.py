@@ -1,4 +1,4 @@
-"""Bench 9 (optional, minutes): virtio devices under real Linux in the nested rig, pvhboot against QEMU
+"""Bench 11 (optional, minutes): virtio devices under real Linux in the nested rig, pvhboot against QEMU
 with the same devices.  Inside one rig (QEMU TCG + kvm_amd), the Debian cloud kernel runs the same
 initramfs (what `pvhboot run --initramfs-out` writes: the host root through virtio-fs, output on
 hvc0) under
@@ -19,11 +19,11 @@ import json
 from . import common
 from .common import median, row
 
-GUEST_METRICS = (("9a", "disk sequential read", "seq_read_MBps", "MB/s", ">="),
-                 ("9b", "disk sequential write (+fsync)", "seq_write_MBps", "MB/s", ">="),
-                 ("9c", "disk random 4 KiB read", "rand4k_read_iops", "IOPS", ">="),
-                 ("9d", "virtio-fs tree walk + stat", "tree_walk_s", "s", "<="),
-                 ("9e", "virtio-fs large-file read", "large_read_MBps", "MB/s", ">="))
+GUEST_METRICS = (("11a", "disk sequential read", "seq_read_MBps", "MB/s", ">="),
+                 ("11b", "disk sequential write (+fsync)", "seq_write_MBps", "MB/s", ">="),
+                 ("11c", "disk random 4 KiB read", "rand4k_read_iops", "IOPS", ">="),
+                 ("11d", "virtio-fs tree walk + stat", "tree_walk_s", "s", "<="),
+                 ("11e", "virtio-fs large-file read", "large_read_MBps", "MB/s", ">="))
 
 
 def measure(repeats: int = 2) -> dict:
@@ -71,7 +71,7 @@ python3 $W/inner.py $W/bench.json
     walls = {n: [r["wall_s"] for r in runs if r["name"] == n and r["kind"] == "true" and r["rc"] == 0]
              for n in ("pvhboot", "qemu")}
     p, q = (median(walls[n]) if walls[n] else None for n in ("pvhboot", "qemu"))
-    rows.append(row("9f", "`run -- true` end to end (virtio-fs root, hvc0)", "s", p, q,
+    rows.append(row("11f", "`run -- true` end to end (virtio-fs root, hvc0)", "s", p, q,
                     "QEMU microvm + virtiofsd (rig)", 1.0))
     failed = [f"{r['name']}/{r['kind']} rc={r['rc']}: {r['tail'][-200:]}" for r in runs
               if r["rc"] != 0 or (r["kind"] == "io" and not r["guest"])]
@@ -83,7 +83,7 @@ python3 $W/inner.py $W/bench.json
 
 
 def not_run(reason: str) -> dict:
-    return {"rows": [row("9", "virtio disk / virtio-fs vs QEMU (rig)", "", None, None, "QEMU microvm (rig)",
+    return {"rows": [row("11", "virtio disk / virtio-fs vs QEMU (rig)", "", None, None, "QEMU microvm (rig)",
                          status="not run")], "notes": [f"not run: {reason}"], "details": {}}
 
 
