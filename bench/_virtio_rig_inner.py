@@ -21,12 +21,23 @@ def parse(out: bytes) -> dict | None:
     return None
 
 
-def pvhboot(cmd, disk):
-    argv = ["pvhboot", "run", "--memory", cfg["memory"], "--timeout", "300"]
-    argv += ["--disk", disk] if disk else []
+RUN_TIMEOUT = 150
+
+
+def run(argv, env=None):
+    """(wall seconds, CompletedProcess); a run past RUN_TIMEOUT is killed and reported as rc -9."""
     t = time.perf_counter()
-    p = subprocess.run(argv + ["--", *cmd], capture_output=True, timeout=400)
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=RUN_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        p = subprocess.CompletedProcess(argv, -9, e.stdout or b"", (e.stderr or b"") + b" [timed out]")
     return time.perf_counter() - t, p
+
+
+def pvhboot(cmd, disk):
+    argv = ["pvhboot", "run", "--memory", cfg["memory"], "--timeout", str(RUN_TIMEOUT - 10)]
+    argv += ["--disk", disk] if disk else []
+    return run(argv + ["--", *cmd])
 
 
 def qemu(initrd, disk):
@@ -41,11 +52,17 @@ def qemu(initrd, disk):
     if disk:
         argv += ["-drive", f"id=d0,file={disk},format=raw,if=none", "-device", "virtio-blk-device,drive=d0"]
     try:
-        p = subprocess.run(argv, capture_output=True, timeout=400, env=QENV)
+        _, p = run(argv, env=QENV)
     finally:
         if fsd.poll() is None:  # it exits when QEMU hangs up; make sure
             fsd.terminate()
         fsd.wait()
+    if p.returncode != 0:
+        try:
+            with open("/tmp/qemu-serial.log", "rb") as f:
+                p.stderr += b"\n[serial] " + f.read()[-600:]
+        except OSError:
+            pass
     return time.perf_counter() - t, p
 
 
