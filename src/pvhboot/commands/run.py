@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from .vm_options import add_vm_options, vm_config_from_args
+from .vm_options import add_vm_options, print_placement, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
@@ -232,7 +232,8 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "disks"), memory="256M")
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "placement", "seccomp", "disks"),
+                   memory="256M")
     p.add_argument("--root", metavar="DIR", help="host directory the guest sees as / (read-only, writes go to "
                    "a tmpfs overlay; default: the host's /, through virtio-fs and virtiofsd)")
     p.add_argument("--no-root", action="store_true", help="no host root: the command runs in the initramfs")
@@ -301,6 +302,8 @@ def run(args) -> int:
         with MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd, shares=tuple(devices.shares),
                                          virtio_console=devices.console),
                      console=console, stdin=sys.stdin is not None and sys.stdin.isatty()) as vm:
+            vm.build()
+            print_placement(vm.loaded.plan.kernel_placement)
             record = vm.run()  # leaving the block stops virtiofsd
     if console.exit_status is not None:
         return console.exit_status

@@ -49,9 +49,5 @@ class EventLog:
         with self._lock:
             self.events.append(event)
 
-    def of_kind(self, kind: VmEventKind) -> list[VmEvent]:
-        with self._lock:
-            return [e for e in self.events if e.kind is kind]
-
     def __len__(self) -> int:
         return len(self.events)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import struct
 
 from ..abi import kvm as abi
 from ..errors import KvmError
 
 _ioctl = fcntl.ioctl
-_IRQ_LEVEL = struct.Struct("<II")  # struct kvm_irq_level {irq, level}
 
 
 class IrqLine:
@@ -25,18 +23,17 @@ class IrqLine:
     def __init__(self, vm_fd: int, gsi: int):
         self.gsi = gsi
         self._fd = vm_fd
-        self._high = _IRQ_LEVEL.pack(gsi, 1)
-        self._low = _IRQ_LEVEL.pack(gsi, 0)
+        self._high = bytes(abi.kvm_irq_level(gsi, 1))
+        self._low = bytes(abi.kvm_irq_level(gsi, 0))
         self.level = False
 
     def set_level(self, high: bool) -> None:
         self.level = bool(high)
-        _ioctl(self._fd, abi.KVM_IRQ_LINE, self._high if high else self._low)
-
-    def pulse(self) -> None:
-        """An edge: high then low (what an ISA edge-triggered device does)."""
-        self.set_level(True)
-        self.set_level(False)
+        try:
+            _ioctl(self._fd, abi.KVM_IRQ_LINE, self._high if high else self._low)
+        except OSError as e:
+            raise KvmError(f"KVM_IRQ_LINE (GSI {self.gsi}, level {int(high)}) failed: {e.strerror} "
+                           f"(errno {e.errno})") from None
 
 
 class Vm:
@@ -107,7 +104,7 @@ class Vm:
     def set_identity_map_addr(self, addr: int) -> None:
         """KVM_SET_IDENTITY_MAP_ADDR (a pointer to a u64): one page, set before creating vCPUs."""
         self._call(f"KVM_SET_IDENTITY_MAP_ADDR ({addr:#x})", abi.KVM_SET_IDENTITY_MAP_ADDR,
-                   struct.pack("<Q", addr))
+                   bytes(abi.u64(addr)))
 
     def irq_line(self, gsi: int) -> IrqLine:
         if not self.has_irqchip:

@@ -46,6 +46,9 @@ BUSYBOX = "/bin/busybox"
 # pvhboot's runtime dependencies (pyproject [project].dependencies) and what rich imports.
 RUNTIME_PACKAGES = ("elftools", "lz4", "zstandard", "capstone", "rich", "markdown_it", "mdurl",
                     "pygments")
+# Debian's compiled libseccomp bindings (python3-seccomp), built for the guest's python3.11: the vCPU
+# threads' seccomp filter (vmm/seccomp.py) uses them (libseccomp is linked into the module).
+GUEST_MODULES = ("/usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so",)
 STDLIB_EXCLUDE = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data",
                   "turtledemo", "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages"}
 # Debian splits these test modules out of the runtime; they are dead weight here.
@@ -53,7 +56,7 @@ DYNLOAD_EXCLUDE = re.compile(r"^(_test|_ctypes_test|xxlimited|_xxtestfuzz)")
 SITE_DIR = "usr/lib/python3/dist-packages"  # on Debian python3.11's default sys.path
 # The inner guest's virtio drivers (`pvhboot run` insmods them from /lib/modules/<release>) and the
 # vhost-user back end its virtio-fs shares need: QEMU's virtiofsd with the libraries ldd lists.
-GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtiofs", "overlay", "virtio_console")
+GUEST_KERNEL_MODULES = ("virtio_mmio", "virtio_blk", "virtiofs", "overlay", "virtio_console")
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 KVM_MODULES = (("irqbypass", "kernel/virt/lib/irqbypass"),
                ("kvm", "kernel/arch/x86/kvm/kvm"),
@@ -170,6 +173,9 @@ def collect_inputs() -> RigInputs:
     for tool in (GUEST_PYTHON, BUSYBOX):
         if not os.access(tool, os.X_OK):
             raise RigBuildError(f"{tool} is missing (apt-get install python3.11-minimal busybox-static)")
+    for module in GUEST_MODULES:
+        if not os.path.isfile(module):
+            raise RigBuildError(f"{module} is missing (apt-get install python3-seccomp)")
     kernel_dir = find_kernel_dir()
     ext = _guest_ext_suffix()
     return RigInputs(
@@ -279,15 +285,15 @@ def _add_modules(cpio: CpioWriter, modules) -> None:
 
 
 def _add_guest_module_tree(cpio: CpioWriter, kernel_dir: Path) -> None:
-    """A trimmed lib/modules/<release>/ (GUEST_MODULES, their dependencies, a modules.dep for them)."""
+    """A trimmed lib/modules/<release>/ (GUEST_KERNEL_MODULES, their dependencies, a modules.dep for them)."""
     from ..image.modules import ModuleTree
 
     for tree in sorted((kernel_dir / "lib" / "modules").iterdir()):
         modules = ModuleTree(tree)
         dest = f"usr/lib/modules/{tree.name}"
-        for path in modules.load_order(list(GUEST_MODULES)):
+        for path in modules.load_order(list(GUEST_KERNEL_MODULES)):
             cpio.add_file_from(f"{dest}/{path.relative_to(tree).as_posix()}", path, mode=0o644)
-        cpio.add_file(f"{dest}/modules.dep", modules.dep_lines(list(GUEST_MODULES)).encode())
+        cpio.add_file(f"{dest}/modules.dep", modules.dep_lines(list(GUEST_KERNEL_MODULES)).encode())
 
 
 def _precompile(directory: Path) -> None:
@@ -316,7 +322,7 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
         stdlib = Path(GUEST_STDLIB)
         dynload = sorted(str(p) for p in (stdlib / "lib-dynload").glob("*.so")
                          if not DYNLOAD_EXCLUDE.match(p.name))
-        so_files = [GUEST_PYTHON, *dynload]
+        so_files = [GUEST_PYTHON, *dynload, *GUEST_MODULES]
         if os.access(VIRTIOFSD, os.X_OK):
             so_files.append(VIRTIOFSD)
             host.add(VIRTIOFSD)
@@ -331,6 +337,8 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
 
         for name, pkg in inputs.packages:
             cpio.add_tree(f"{SITE_DIR}/{name}", pkg, exclude=_skip_package, keep_mtime=True)
+        for module in GUEST_MODULES:
+            cpio.add_file_from(f"{SITE_DIR}/{Path(module).name}", module, mode=0o644)
         _precompile(inputs.source)
         cpio.add_tree(f"{SITE_DIR}/pvhboot", inputs.source,
                       exclude=lambda rel: rel.endswith(".o") or "/build/" in f"/{rel}",

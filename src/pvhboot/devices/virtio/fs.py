@@ -7,8 +7,16 @@ eventfd (which KVM turns into the interrupt through KVM_IRQFD).  From then on a 
 guest -> KVM -> virtiofsd -> KVM -> guest with no Python on the way.  Because the interrupt never
 passes through this process, the transport reports "used buffer" in InterruptStatus whenever the
 driver is running (mmio.py ``external_queues``).
+
+The hand-over itself runs on the device's own control thread, not on the vCPU thread whose
+Status write (DRIVER_OK, reset) triggered it: vCPU threads run under a seccomp allow-list that has
+no socket calls (vmm/seccomp.py).  A kick the guest makes before the back end has its kick fd waits
+in the eventfd's counter, which the back end reads when it starts polling.
 """
 from __future__ import annotations
+
+import queue
+import threading
 
 from . import spec
 from .device import VirtioDevice
@@ -40,11 +48,19 @@ class VirtioFs(VirtioDevice):
         self.features = self.backend_features & _PASS_THROUGH
         self.transport = None  # set by the VMM (the kick and call eventfds are the transport's)
         self._started: list[int] = []
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._control = threading.Thread(target=self._control_main, name=f"pvhboot-vhost-user-{tag}", daemon=True)
+        self._control.start()
 
     def config(self) -> bytes:
         return self._config
 
     def activate(self, mem, queues, negotiated: int) -> None:
+        # Called on a vCPU thread: take a snapshot of the rings now, talk to the back end later.
+        rings = [(i, q.size, q.desc_addr, q.used_addr, q.avail_addr) for i, q in enumerate(queues) if q.ready]
+        self._jobs.put(lambda: self._hand_over(mem, rings, negotiated))
+
+    def _hand_over(self, mem, rings, negotiated: int) -> None:
         t = self.transport
         call_fd = getattr(t.interrupt, "fd", None)
         if call_fd is None:
@@ -52,25 +68,36 @@ class VirtioFs(VirtioDevice):
         c = self.client
         c.set_features(negotiated & self.backend_features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
         c.set_mem_table([(r.guest_addr, r.size, r.host_addr, r.fd) for r in mem.regions])
-        for i, q in enumerate(queues):
-            if not q.ready:
-                continue
-            c.set_vring_num(i, q.size)
+        for i, size, desc, used, avail in rings:
+            c.set_vring_num(i, size)
             c.set_vring_base(i, 0)
-            c.set_vring_addr(i, _host(mem, q.desc_addr), _host(mem, q.used_addr), _host(mem, q.avail_addr))
+            c.set_vring_addr(i, _host(mem, desc), _host(mem, used), _host(mem, avail))
             c.set_vring_call(i, call_fd)
             c.set_vring_kick(i, t.notify_fds[i])
             self._started.append(i)
 
     def reset(self) -> None:
-        try:
-            for i in self._started:
-                self.client.get_vring_base(i)  # stops the ring in the back end
-        except VhostUserError:
-            pass  # a dead back end is reported by whoever watches it
-        self._started = []
+        self._jobs.put(self._stop_rings)
+
+    def _stop_rings(self) -> None:
+        started, self._started = self._started, []
+        for i in started:
+            self.client.get_vring_base(i)  # stops the ring in the back end
+
+    def _control_main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except (VhostUserError, OSError) as e:  # a dead back end is also reported by its watcher
+                if self.transport is not None:
+                    self.transport.fail(f"vhost-user back end: {e}")
 
     def close(self) -> None:
+        self._jobs.put(None)
+        self._control.join(5)
         self.client.close()
 
 
