@@ -36,6 +36,7 @@ class BootConfig:
     # or a seed from which the plan picks a random one (--kaslr).  At most one of the two.
     load_addr: int | None = None
     kaslr_seed: int | None = None
+    virtio_mmio: tuple[tuple[int, int, int], ...] = ()  # (base, size, gsi) per transport, for the DSDT
 
     def __post_init__(self) -> None:
         # A protocol given by name becomes the enum member; an unknown one is left for plan_guest

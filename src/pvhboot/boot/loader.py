@@ -103,7 +103,8 @@ def load_guest(plan: BootPlan, mem: GuestMemory, *, fresh: bool = True) -> Loade
     cmdline_addr = plan.find(Blob.CMDLINE).addr
     mem.write(cmdline_addr, plan.cmdline)
 
-    rsdp_addr = configure_acpi(mem, config.cpus, plan.find(Blob.ACPI_RSDP).addr) if config.acpi else None
+    rsdp_addr = (configure_acpi(mem, config.cpus, plan.find(Blob.ACPI_RSDP).addr, config.virtio_mmio)
+                 if config.acpi else None)
 
     gdt, idt = plan.find(Blob.GDT), plan.find(Blob.IDT)
     gdt_bytes = build_gdt(plan.protocol)

@@ -371,7 +371,7 @@ def plan_guest(kernel: KernelImage, config: BootConfig, *, initrd_size: int | No
     e820 = build_e820(memory, config.acpi)
     low_end = min(memory, L.MMIO_HOLE_START)
     fixed = _fixed_placements(config, len(cmdline), len(e820), size_of_initrd is not None,
-                              acpi_tables_size(config.cpus) if config.acpi else 0)
+                              acpi_tables_size(config.cpus, config.virtio_mmio) if config.acpi else 0)
     initrd_limit = min(initrd_addr_limit(kernel, protocol), low_end)
 
     def fits(segs) -> bool:  # a random placement must leave a plan that works

@@ -1,7 +1,6 @@
 """The VM options (--memory, --cpus, --protocol, --cmdline, --initrd, --timeout, --symbols,
---events-json, --no-coalesced-uart, --load-addr / --kaslr[=SEED], --no-seccomp, --gdb,
---gdb-wait), declared once for
-every command that starts or plans a VM.
+--events-json, --no-coalesced-uart, --load-addr / --kaslr[=SEED], --no-seccomp, --disk, --share, --gdb,
+--gdb-wait), declared once for every command that starts or plans a VM.
 
 ``add_vm_options(parser, ...)`` adds the subset a command takes, with that command's defaults;
 ``vm_config_from_args(args)`` turns the parsed text into a :class:`pvhboot.vmm.config.VmConfig`,
@@ -15,7 +14,7 @@ import re
 from ..errors import ConfigError
 
 ALL_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "timeout", "symbols", "events_json",
-               "coalesced_uart", "placement", "seccomp", "gdb", "gdb_wait")
+               "coalesced_uart", "placement", "seccomp", "disks", "shares", "gdb", "gdb_wait")
 PLAN_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "placement")
 """What `plan` takes: the options that change the memory plan."""
 
@@ -96,6 +95,18 @@ def add_vm_options(parser: argparse.ArgumentParser, *, include=ALL_OPTIONS, memo
     if "gdb_wait" in include:
         parser.add_argument("--gdb-wait", action="store_true",
                             help="with --gdb: stop every vCPU before its first instruction until gdb resumes it")
+    _add_device_options(parser, include)
+
+
+def _add_device_options(parser: argparse.ArgumentParser, include) -> None:
+    if "disks" in include:
+        parser.add_argument("--disk", dest="disks", action="append", default=[], metavar="PATH[,ro]",
+                            help="raw disk image as a virtio-blk device (several allowed, /dev/vda, vdb, ... "
+                                 "in order); ,ro: read-only (the guest sees VIRTIO_BLK_F_RO, writes fail)")
+    if "shares" in include:
+        parser.add_argument("--share", dest="shares", action="append", default=[], metavar="HOST[:TAG]",
+                            help="host directory through virtio-fs, served by virtiofsd (the guest mounts "
+                                 "it: mount -t virtiofs TAG DIR; TAG defaults to share0, share1, ...)")
 
 
 def vm_config_from_args(args: argparse.Namespace, **overrides):
@@ -116,6 +127,11 @@ def vm_config_from_args(args: argparse.Namespace, **overrides):
         import secrets
 
         values["kaslr_seed"] = _address(kaslr, "--kaslr seed") if kaslr else secrets.randbits(32)
+    if "disks" in values or "shares" in values:
+        from ..vmm.virtio import DiskSpec, ShareSpec
+
+        values["disks"] = tuple(DiskSpec.parse(d) for d in values.get("disks", ()))
+        values["shares"] = tuple(ShareSpec.parse(s, i) for i, s in enumerate(values.get("shares", ())))
     values.update(overrides)
     return VmConfig(**values)
 

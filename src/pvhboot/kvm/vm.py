@@ -121,6 +121,23 @@ class Vm:
         self._call(f"KVM_REGISTER_COALESCED_MMIO ({addr:#x}+{size:#x}, pio={pio})",
                    abi.KVM_REGISTER_COALESCED_MMIO, bytes(zone))
 
+    # --- eventfds: device notifications and interrupts without a user-space exit ---
+    def ioeventfd(self, fd: int, addr: int, length: int, datamatch: int | None = None, pio: bool = False,
+                  deassign: bool = False) -> None:
+        """KVM_IOEVENTFD: a guest write of ``length`` bytes at ``addr`` (equal to ``datamatch`` when
+        given) signals eventfd ``fd`` in the kernel; the vCPU does not exit."""
+        flags = ((abi.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
+                 | (abi.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (abi.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0))
+        arg = abi.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags)
+        self._call(f"KVM_IOEVENTFD ({addr:#x}+{length}, fd {fd})", abi.KVM_IOEVENTFD, bytes(arg))
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """KVM_IRQFD: writing eventfd ``fd`` injects an edge on ``gsi`` of the in-kernel irqchip."""
+        if not self.has_irqchip:
+            raise KvmError(f"KVM_IRQFD on GSI {gsi} needs the in-kernel irqchip")
+        arg = abi.kvm_irqfd(fd=fd, gsi=gsi, flags=abi.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0)
+        self._call(f"KVM_IRQFD (gsi {gsi}, fd {fd})", abi.KVM_IRQFD, bytes(arg))
+
     # --- vCPUs ---
     def create_vcpu(self, index: int):
         from .vcpu import Vcpu

@@ -111,7 +111,7 @@ class Machine:
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
                  coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True,
-                 seccomp: bool = True, gdb: str | None = None, gdb_wait: bool = False):
+                 seccomp: bool = True, virtio=(), gdb: str | None = None, gdb_wait: bool = False):
         from ..kvm import Kvm, is_kvm_pvm
 
         self.cpus = check_cpus(cpus)
@@ -147,6 +147,8 @@ class Machine:
         self._console_input = None
         self._ran = False
         self.gdb = None  # the GDB stub (gdbstub.GdbStub) when ``gdb`` names [HOST:]PORT
+        self._virtio_devices = tuple(virtio)  # VirtioDevice objects, transport i at layout.virtio_mmio_slot(i)
+        self.virtio = None
         self.sandbox = None
         if seccomp:  # vCPU threads load it in run(); an unusable filter is refused before anything is built
             from .seccomp import VcpuSandbox
@@ -208,6 +210,23 @@ class Machine:
                             d.FirecrackerBootTimer.PIO_LENGTH, "boot-timer-pio")
         self.mmio_bus.insert(d.FirecrackerBootTimer(sink), layout.BOOT_TIMER_MMIO,
                              d.FirecrackerBootTimer.MMIO_LENGTH, "boot-timer-mmio")
+        if self._virtio_devices:
+            from .virtio import VirtioSet
+
+            self.virtio = VirtioSet(self.vm, self.kvm, self.mem, self.mmio_bus, self._virtio_devices,
+                                    self._on_device_error, self._on_device_crash, irqchip=irqchip)
+
+    def _on_device_error(self, message: str) -> None:
+        from ..devices import VmEvent, VmEventKind
+        from .virtio import report_driver_error
+
+        report_driver_error(message)
+        self._on_event(VmEvent(VmEventKind.DEVICE_ERROR, source=message))
+
+    def _on_device_crash(self, exc: BaseException) -> None:
+        from .crash import vmm_error
+
+        self.ctl.stop("crash", 1, crash=vmm_error(0, exc))
 
     def _setup_vcpus(self, boot_state: CpuState) -> None:
         supported = self.kvm.supported_cpuid()
@@ -315,6 +334,8 @@ class Machine:
             from ..devices import ConsoleInput
 
             self._console_input = ConsoleInput(self.serial.feed_input, self._on_event).start()
+        if self.virtio is not None:
+            self.virtio.start()
         self._start_ns = time.monotonic_ns()
         t0 = time.monotonic()
         interrupted = False
@@ -337,6 +358,8 @@ class Machine:
             stuck = join_vcpu_threads(threads, ctl)
             if self.gdb is not None:
                 self.gdb.close()
+            if self.virtio is not None:
+                self.virtio.stop()
             if sandbox is not None:
                 sandbox.stop()
             if coalesced is not None:  # writes queued after the last exit
@@ -416,9 +439,14 @@ class Machine:
         if self._console_input is not None:
             self._console_input.stop()
             self._console_input = None
+        if self.virtio is not None:
+            self.virtio.stop()
         if self.vm is not None:
             self.vm.close()
             self.vm = None
+        if self.virtio is not None:
+            self.virtio.close()
+            self.virtio = None
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None
@@ -471,6 +499,8 @@ class MicroVM:
         self.config = config
         self.kernel_path = config.kernel
         self.console, self.mutate, self.stdin = console, mutate, stdin
+        self._daemons: list = []  # virtiofsd processes for config.shares, stopped by close()
+        self._console_lock = threading.Lock()
         self.image = None
         self.loaded = None
         self.mem = None
@@ -486,6 +516,9 @@ class MicroVM:
         if self.machine is not None:
             self.machine.close()
             self.machine = None
+        for daemon in self._daemons:
+            daemon.stop()
+        self._daemons = []
         if self.mem is not None:
             self.mem.close()
             self.mem = None
@@ -521,7 +554,14 @@ class MicroVM:
             else:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
-            self.mem = GuestMemory(list(plan.ram_ranges))
+            devices = []
+            if vm.virtio_devices:
+                from .virtio import build_virtio_devices
+
+                devices, self._daemons = build_virtio_devices(
+                    vm.disks, vm.shares, self._virtio_console_output if vm.virtio_console else None)
+            # A vhost-user back end (virtiofsd) maps guest RAM itself: memfd-backed, shared.
+            self.mem = GuestMemory(list(plan.ram_ranges), shared=bool(vm.shares))
             loaded = load_guest(plan, self.mem)
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
@@ -529,8 +569,10 @@ class MicroVM:
             self.machine = Machine(self.mem, loaded.cpu, cpus=vm.cpus, console=self.console,
                                    timeout=vm.timeout, symbols=symbols, stdin=self.stdin,
                                    phys_to_virt=_phys_to_virt(self.image) - plan.kernel_placement.offset,
-                                   coalesced_uart=vm.coalesced_uart, seccomp=vm.seccomp,
+                                   coalesced_uart=vm.coalesced_uart, seccomp=vm.seccomp, virtio=devices,
                                    gdb=vm.gdb, gdb_wait=vm.gdb_wait)
+            for daemon in self._daemons:
+                daemon.watch(self._daemon_died)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise
@@ -539,6 +581,18 @@ class MicroVM:
     def run(self) -> VmExit:
         machine = self.machine or self.build()
         return machine.run()
+
+    def _virtio_console_output(self, data: bytes) -> None:
+        """hvc0's bytes (device thread) go where COM1's go: the Machine's console."""
+        with self._console_lock:
+            self.machine.console(data)
+
+    def _daemon_died(self, message: str) -> None:
+        from .crash import CrashInfo
+
+        machine = self.machine
+        if machine is not None:
+            machine.ctl.stop("crash", 1, crash=CrashInfo(kind="device back end died", vcpu=0, detail=message))
 
 
 class _LazySymbols:

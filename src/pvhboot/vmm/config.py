@@ -129,6 +129,9 @@ class VmConfig:
     # PHYS32_RELOC note or setup header): an address, or the seed of a random one.  At most one.
     load_addr: int | None = None
     kaslr_seed: int | None = None
+    disks: tuple = ()  # vmm.virtio.DiskSpec: virtio-blk disks (transports 0.., in order)
+    shares: tuple = ()  # vmm.virtio.ShareSpec: virtio-fs shares served by virtiofsd (after the disks)
+    virtio_console: bool = False  # a virtio-console (hvc0) writing to the VM's console, after the shares
     check_files: bool = True
 
     def __post_init__(self) -> None:
@@ -141,6 +144,11 @@ class VmConfig:
             check_gdb_address(self.gdb)
         elif self.gdb_wait:
             raise ConfigError("--gdb-wait needs --gdb [HOST:]PORT")
+        object.__setattr__(self, "disks", tuple(self.disks))
+        object.__setattr__(self, "shares", tuple(self.shares))
+        if self.virtio_devices > L.VIRTIO_MMIO_MAX_DEVICES:
+            raise ConfigError(f"{self.virtio_devices} virtio devices (--disk, --share, ...); "
+                              f"at most {L.VIRTIO_MMIO_MAX_DEVICES}")
         for name in ("load_addr", "kaslr_seed"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -166,9 +174,19 @@ class VmConfig:
         if self.symbols is not None:
             # An ELF is mapped (the kernel's limit); a System.map's own limit applies when it is read.
             check_regular(self.symbols, "--symbols", KERNEL_LIMIT)
+        for disk in self.disks:
+            check_regular(disk.path, "--disk", L.MAX_DISK_SIZE)
+        for share in self.shares:
+            if not os.path.isdir(share.host):
+                raise ConfigError(f"shared directory {share.host!r} is not a directory")
         if self.events_json is not None:
             check_output(self.events_json, "--events-json",
                          inputs=[p for p in (self.kernel, self.initrd, self.symbols) if p])
+
+    @property
+    def virtio_devices(self) -> int:
+        """How many virtio-mmio transports the VM gets (disks, shares, console)."""
+        return len(self.disks) + len(self.shares) + int(self.virtio_console)
 
     def with_(self, **changes) -> VmConfig:
         """A copy with ``changes`` (validated again)."""
@@ -176,5 +194,8 @@ class VmConfig:
 
     def boot_config(self, protocol: Protocol) -> BootConfig:
         """The boot layer's view, for the resolved ``protocol``."""
+        from .virtio import virtio_slots
+
         return BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                          protocol=protocol, load_addr=self.load_addr, kaslr_seed=self.kaslr_seed)
+                          protocol=protocol, load_addr=self.load_addr, kaslr_seed=self.kaslr_seed,
+                          virtio_mmio=virtio_slots(self.virtio_devices))
