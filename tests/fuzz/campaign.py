@@ -35,6 +35,7 @@ import functools
 import io
 import json
 import os
+import pickle
 import random
 import resource
 import select
@@ -348,9 +349,10 @@ def run_cli_children(path: str, out: str, plan_opts: list[str], as_limit: int, t
     return None
 
 
-def worker(campaign_seed: int, small_only: bool, as_limit: int, timeout: float) -> None:
-    """Read case numbers on stdin, answer one JSON line each: {"i", "problem", "kind", "maxrss"}."""
-    pool = seeds(small_only)
+def worker(seeds_file: str, campaign_seed: int, as_limit: int, timeout: float, stall_case: int = -1) -> None:
+    """Read case numbers on stdin, answer one JSON line each: {"i", "problem", "kind", "maxrss", ...}."""
+    with open(seeds_file, "rb") as f:
+        pool = pickle.load(f)  # built once by the campaign: a replaced worker starts in a fraction of a second
     import pvhboot.cli
 
     # main() builds its argparse parser on every call (~3 ms, a third of a small case); one is enough.
@@ -359,9 +361,12 @@ def worker(campaign_seed: int, small_only: bool, as_limit: int, timeout: float) 
     resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
     workdir = tempfile.mkdtemp(prefix="pvhboot-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     path, out = os.path.join(workdir, "image"), os.path.join(workdir, "out")
+    print("ready", flush=True)  # seeds built: case timing starts from here, not from the spawn
     try:
         for line in sys.stdin:
             index, cli = (int(x) for x in line.split())
+            if index == stall_case:  # the campaign's own test: a case that never answers
+                time.sleep(3600)
             seed, data, log, plan_opts = make_case(index, campaign_seed, pool)
             with open(path, "wb") as f:
                 f.write(data)
@@ -413,6 +418,10 @@ class _Worker:
         self.case: int | None = None
         self.started = 0.0
 
+    @property
+    def fd(self) -> int:
+        return self.proc.stdout.fileno()
+
     def send(self, index: int, cli: bool) -> None:
         self.case, self.started = index, time.monotonic()
         self.proc.stdin.write(f"{index} {int(cli)}\n")
@@ -425,15 +434,27 @@ class _Worker:
 
 def run_campaign(count: int, *, campaign_seed: int = 1, workers: int = 1, start: int = 0, cli_every: int = 0,
                  timeout: float = 10.0, rss_limit: int = 768 * MiB, as_limit: int = 3 << 30,
-                 small_only: bool = False, progress=None) -> Summary:
-    worker_args = ["--seed", str(campaign_seed), "--as-limit", str(as_limit), "--timeout", str(timeout)]
-    if small_only:
-        worker_args.append("--small-only")
+                 small_only: bool = False, progress=None, stall_case: int = -1) -> Summary:
+    with tempfile.NamedTemporaryFile(prefix="pvhboot-fuzz-seeds-", delete=False,
+                                     dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as f:
+        pickle.dump(seeds(small_only), f)
+    try:
+        return _run(f.name, count, campaign_seed, workers, start, cli_every, timeout, rss_limit, as_limit,
+                    progress, stall_case)
+    finally:
+        os.unlink(f.name)
+
+
+def _run(seeds_file, count, campaign_seed, workers, start, cli_every, timeout, rss_limit, as_limit, progress,
+         stall_case) -> Summary:
+    worker_args = ["--seeds-file", seeds_file, "--seed", str(campaign_seed), "--as-limit", str(as_limit),
+                   "--timeout", str(timeout), "--stall-case", str(stall_case)]
     summary = Summary()
     t0 = time.monotonic()
     todo = iter(range(start, start + count))
     pool = [_Worker(worker_args) for _ in range(max(1, workers))]
-    idle = list(pool)
+    starting = {w.fd: w for w in pool}  # building their seeds; a case is sent once they say "ready"
+    idle: list[_Worker] = []
     busy: dict[int, _Worker] = {}
 
     def feed(w: _Worker) -> bool:
@@ -443,7 +464,7 @@ def run_campaign(count: int, *, campaign_seed: int = 1, workers: int = 1, start:
         cli = bool(cli_every) and index % cli_every == 0
         summary.cli_cases += cli
         w.send(index, cli)
-        busy[w.proc.stdout.fileno()] = w
+        busy[w.fd] = w
         return True
 
     def replace(w: _Worker) -> None:
@@ -451,7 +472,7 @@ def run_campaign(count: int, *, campaign_seed: int = 1, workers: int = 1, start:
         pool.remove(w)
         fresh = _Worker(worker_args)
         pool.append(fresh)
-        idle.append(fresh)
+        starting[fresh.fd] = fresh
 
     try:
         while True:
@@ -459,11 +480,17 @@ def run_campaign(count: int, *, campaign_seed: int = 1, workers: int = 1, start:
                 w = idle.pop()
                 if not feed(w):
                     break
-            if not busy:
+            if not busy and not starting:
                 break
-            ready, _, _ = select.select(list(busy), [], [], 0.5)
+            ready, _, _ = select.select([*busy, *starting], [], [], 0.5)
             now = time.monotonic()
             for fd in ready:
+                if fd in starting:
+                    w = starting.pop(fd)
+                    if w.proc.stdout.readline() != "ready\n":
+                        raise RuntimeError(f"fuzz worker failed to start (exit {w.proc.wait()})")
+                    idle.append(w)
+                    continue
                 w = busy.pop(fd)
                 line = w.proc.stdout.readline()
                 summary.cases += 1
@@ -520,10 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay", type=int, metavar="I", help="write case I's image to -o and print its mutations")
     ap.add_argument("-o", "--output", help="with --replay: where to write the image")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stall-case", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--seeds-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         with contextlib.suppress(BrokenPipeError):  # the parent went away: nothing to report to
-            worker(args.seed, args.small_only, args.as_limit, args.timeout)
+            worker(args.seeds_file, args.seed, args.as_limit, args.timeout, args.stall_case)
         return 0
     # A killed campaign takes its workers with it (run_campaign's finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
