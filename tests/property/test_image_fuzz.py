@@ -114,3 +114,23 @@ def test_every_truncation_of_a_small_bzimage(codec):
     img = BZIMAGES[codec]
     for cut in range(0, len(img), max(1, len(img) // 150)):
         _check(img[:cut])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(imagekit.CODECS), st.binary(max_size=4096), st.integers(0, 1 << 16),
+       st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=4))
+def test_decompress_gives_exactly_the_claim_or_pvhboot_error(codec, raw, claim, edits):
+    """Whatever the stream and its trailer's claim: the exact data when the claim is its length,
+    else ImageError; never more output than the claim, never another exception."""
+    from pvhboot.image.decompress import decompress_payload
+
+    stream = bytearray(imagekit.compress(codec, raw))
+    for pos, val in edits:
+        stream[pos % len(stream)] = val
+    try:
+        out = decompress_payload(imagekit.with_size(bytes(stream), claim))
+    except PvhbootError:
+        return
+    assert len(out) == claim
+    if not edits:
+        assert bytes(out) == raw
