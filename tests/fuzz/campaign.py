@@ -124,28 +124,6 @@ def _bz_seed(name: str, data: bytes, weight: float) -> Seed:
                 payload=(start, end))
 
 
-def _zeros(codec: str, size: int) -> bytes:
-    chunk = bytes(8 * MiB)
-    if codec == "zstd":
-        import zstandard
-
-        c = zstandard.ZstdCompressor(level=1).compressobj()
-    elif codec == "lz4":
-        return imagekit.lz4_legacy(bytes(size))
-    else:
-        import bz2
-        import lzma
-        import zlib
-
-        c = {"gzip": lambda: zlib.compressobj(1, wbits=31), "bzip2": lambda: bz2.BZ2Compressor(1),
-             "lzma": lambda: lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=0),
-             "xz": lambda: lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0, check=lzma.CHECK_CRC32)}[codec]()
-    out = bytearray()
-    for _ in range(size // len(chunk)):
-        out += c.compress(chunk)
-    return bytes(out + c.flush())
-
-
 def debian_files() -> tuple[Path | None, Path | None]:
     boot = DEBIAN / "current" / "boot"
     bz = next(iter(sorted(boot.glob("vmlinuz-*"))), None) if boot.is_dir() else None
@@ -173,18 +151,12 @@ def seeds(small_only: bool = False) -> tuple[Seed, ...]:
     # claiming 16 MiB; the trailer and header mutations then move the claim around.
     for codec in imagekit.CODECS:
         size = (1 << 30) if codec == "zstd" else 48 * MiB
-        payload = imagekit.with_size(_zeros(codec, size), 16 * MiB)
+        payload = imagekit.with_size(imagekit.zeros_compressed(codec, size), 16 * MiB)
         out.append(_bz_seed(f"bomb-{codec}", imagekit.build_bzimage(payload=payload), 1.5))
     bz, vm = debian_files()
     if bz is not None:
         real = bz.read_bytes()
-        setup_size = ((real[0x1F1] or 4) + 1) * 512
-        vmlinux = imagekit.build_elf()
-        payload = imagekit.with_size(imagekit.lz4_legacy(vmlinux), len(vmlinux))
-        hybrid = bytearray(real[:setup_size]) + b"\xcc" * 0x100 + payload
-        for name, value in (("payload_offset", 0x100), ("payload_length", len(payload))):
-            struct.pack_into("<I", hybrid, SETUP_HEADER_OFFSET + getattr(setup_header, name).offset, value)
-        out.append(_bz_seed("debian-setup-hybrid", bytes(hybrid), 10))
+        out.append(_bz_seed("debian-setup-hybrid", imagekit.graft_setup(real), 10))
         if not small_only:
             out.append(_bz_seed("debian-bzimage", real, 1.5))
     if vm is not None and not small_only:

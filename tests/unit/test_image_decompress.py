@@ -1,8 +1,6 @@
 """bzImage payload codecs: every codec round-trips, the size trailer is used and checked, lzo is refused,
 and decompression bombs are refused with pvhboot's error within memory bounded by the trailer's claim."""
-import bz2
 import json
-import lzma
 import os
 import shutil
 import struct
@@ -127,27 +125,9 @@ def _decode_in_child(tmp_path, payload: bytes) -> tuple[str | None, int]:
     return result["error"], result["grew"]
 
 
-def _zeros_compressed(codec: str, size: int) -> bytes:
-    """``size`` zero bytes compressed by the codec's library, streamed (never held whole)."""
-    chunk = bytes(8 * MiB)
-    if codec == "zstd":
-        import zstandard
-
-        c = zstandard.ZstdCompressor(level=1).compressobj()
-    else:
-        c = {"gzip": lambda: zlib.compressobj(1, wbits=31),
-             "bzip2": lambda: bz2.BZ2Compressor(1),
-             "lzma": lambda: lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=0),
-             "xz": lambda: lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0, check=lzma.CHECK_CRC32)}[codec]()
-    out = bytearray()
-    for _ in range(size // len(chunk)):
-        out += c.compress(chunk)
-    return bytes(out + c.flush())
-
-
 def test_zstd_bomb_of_4_gib_is_refused_at_the_claim(tmp_path):
     """The issue's 166 KB zstd payload that expands to 4 GiB (4.2 GB resident before MemoryError)."""
-    bomb = _zeros_compressed("zstd", 4 << 30)
+    bomb = imagekit.zeros_compressed("zstd", 4 << 30)
     assert len(bomb) < 200_000
     error, grew = _decode_in_child(tmp_path, imagekit.with_size(bomb, CLAIM))
     assert error == f"zstd payload decompresses to more than the {CLAIM} bytes its size trailer says"
@@ -158,13 +138,13 @@ def test_zstd_bomb_of_4_gib_is_refused_at_the_claim(tmp_path):
 def test_bomb_is_refused_at_the_claim_with_one_output_buffer(tmp_path, codec):
     """Streams that expand past their trailer's claim stop one byte past it; the output is held once
     (the old decoders returned the output as one bytes object joined from their blocks: 2x)."""
-    error, grew = _decode_in_child(tmp_path, imagekit.with_size(_zeros_compressed(codec, 48 * MiB), CLAIM))
+    error, grew = _decode_in_child(tmp_path, imagekit.with_size(imagekit.zeros_compressed(codec, 48 * MiB), CLAIM))
     assert error == f"{codec} payload decompresses to more than the {CLAIM} bytes its size trailer says"
     assert grew < CLAIM + 16 * MiB
 
 
 def test_lz4_bomb_is_refused_at_the_claim(tmp_path):
-    bomb = imagekit.lz4_legacy(bytes(48 * MiB))
+    bomb = imagekit.zeros_compressed("lz4", 48 * MiB)
     error, grew = _decode_in_child(tmp_path, imagekit.with_size(bomb, CLAIM))
     # 8 MiB blocks: the first four fill the claim, the fifth has no room left.
     assert error.startswith(f"lz4 payload's block at offset {_lz4_block_offset(bomb, 4)} does not fit in the "
@@ -223,7 +203,7 @@ def test_xz_block_claiming_a_4_gib_dictionary(tmp_path):
 
 
 def test_bomb_in_a_bzimage_is_one_cli_line_exit_2(tmp_path):
-    bomb = imagekit.with_size(_zeros_compressed("zstd", 1 << 30), CLAIM)
+    bomb = imagekit.with_size(imagekit.zeros_compressed("zstd", 1 << 30), CLAIM)
     path = tmp_path / "bzImage"
     path.write_bytes(imagekit.build_bzimage(payload=bomb))
     env = dict(os.environ, PYTHONPATH=_src_path())
