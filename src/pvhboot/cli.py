@@ -43,17 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, so a reader that went away is seen below, not at interpreter exit
+        return status
     except PvhbootError as e:
         print(f"pvhboot: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # `pvhboot inspect K | head`: the reader went away; that is not an error of ours.
+        # `pvhboot inspect K | head`: the reader went away after what it wanted; that is not an
+        # error (exit 0, silent, as `yes | head` is from the shell's point of view).  stdout is
+        # pointed at /dev/null so the interpreter's final flush cannot raise again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        os.close(devnull)
+        return 0
 
 
 if __name__ == "__main__":

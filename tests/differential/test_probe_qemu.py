@@ -5,10 +5,14 @@ microvm), so this checks the probe against an independent PVH loader, and pins d
 QEMU 7.2's microvm differs from the ABI as pvhboot reads it (README, "Notes: QEMU"):
 
 * qboot's memmap ends with an empty entry (addr 0, size 0, type 0) counted in memmap_entries:
-  ``start_info.memmap_sorted`` and ``start_info.memmap_types`` fail (Linux's e820 sanitizer drops it).
+  ``start_info.memmap_no_empty`` fails, and only it (the other entries are sorted and typed; Linux's
+  e820 sanitizer drops the empty one).
 * start_info, the memmap and the cmdline live in qboot's data area below 1 MiB (0xE0000-0xFFFFF),
   which the memmap marks ACPI NVS / reserved, not RAM: the three ``*_in_ram`` rules fail.
-* TR: selector 0 and a GDT inside the firmware ROM (0xffffffc1): the TR rules are unverifiable.
+* With ``-initrd`` the modlist is a local on qboot's stack, 0x1c above the entry ESP and 4 bytes off
+  an 8-byte boundary: ``start_info.modlist_aligned`` and ``start_info.not_on_entry_stack`` fail.
+* TR: the null selector (and a GDT inside the firmware ROM, 0xffffffc1): the TR rules are
+  unverifiable, and say it is the null selector.
 """
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ from pvhboot.probe.report import parse_report
 
 QEMU = "qemu-system-x86_64"
 QEMU_MICROVM_DEVIATIONS = {
-    "start_info.memmap_sorted", "start_info.memmap_types",
+    "start_info.memmap_no_empty",
     "start_info.memmap_in_ram", "start_info.in_ram", "start_info.cmdline_in_ram",
 }
+QEMU_INITRD_DEVIATIONS = {"start_info.modlist_aligned", "start_info.not_on_entry_stack"}
 QEMU_UNVERIFIABLE = {"entry.tr_busy", "entry.tr_tss32", "entry.tr_base", "entry.tr_limit"}
 ALWAYS_PASS = ["entry.cr0", "entry.cr4", "entry.efer", "entry.eflags", "entry.ebx", "entry.cs_base",
                "entry.cs_flat", "entry.ds_flat", "entry.es_flat", "entry.ss_flat", "start_info.version",
                "start_info.memmap_present", "start_info.memmap_nonoverlap", "start_info.cmdline_nul",
-               "load.bss_zeroed"]
+               "start_info.memmap_sorted", "start_info.memmap_types", "start_info.aligned",
+               "start_info.memmap_aligned", "load.bss_zeroed"]
 
 
 def fnv1a(data: bytes) -> int:
@@ -66,8 +72,17 @@ def test_tcg_microvm_report_and_deviations():
     assert rep.int_fact("start_info.cmdline_len") == len(cmdline)
     assert rep.int_fact("start_info.cmdline_fnv1a") == fnv1a(cmdline.encode())
     memmap = rep.table("start_info.memmap")
-    assert memmap[-1] == (0, 0, 0)  # the empty trailing entry
+    assert memmap[-1] == (0, 0, 0)  # the empty trailing entry: its own rule, its own text
+    assert rep.rule("start_info.memmap_no_empty").seen == \
+        f"1 empty, first: entry {len(memmap) - 1} (addr 0x0 size 0 type 0)"
+    assert rep.rule("start_info.memmap_sorted").seen == "ascending addresses"
     assert (0x100000, 64 * 2**20 - 0x100000, 1) in memmap
+    # TR: qboot leaves the null selector, reported as such (not as a selector missing from the GDT)
+    assert rep.int_fact("entry.tr") == 0
+    for name in QEMU_UNVERIFIABLE:
+        assert rep.rule(name).seen.startswith("tr=0x0 is the null selector"), rep.rule(name)
+    # without modules nothing of the boot data lies near qboot's stack
+    assert rep.status("start_info.not_on_entry_stack") == "pass" and rep.status("start_info.modlist_aligned") is None
     # QEMU's RSDP is valid and its MADT lists the one vCPU.
     for name in ("acpi.rsdp_checksum", "acpi.root_checksum", "acpi.table_checksums", "acpi.madt_present"):
         assert rep.status(name) == "pass", name
@@ -78,7 +93,7 @@ def test_tcg_microvm_smp_and_initrd(tmp_path):
     initrd = tmp_path / "initrd.bin"
     initrd.write_bytes(bytes(range(256)) * 20)
     proc, rep = run_qemu("-smp", "2", "-initrd", str(initrd), "-append", "x")
-    assert rep.complete and set(rep.failed) == QEMU_MICROVM_DEVIATIONS
+    assert rep.complete and set(rep.failed) == QEMU_MICROVM_DEVIATIONS | QEMU_INITRD_DEVIATIONS
     assert rep.int_fact("acpi.madt.cpus") == 2
     assert rep.int_fact("smp.cpus_seen") == 2  # the AP came up through INIT/SIPI/SIPI and reported
     assert rep.status("smp.apic_ids") == "pass"
@@ -87,11 +102,27 @@ def test_tcg_microvm_smp_and_initrd(tmp_path):
     assert rep.int_fact("pvh_bootparams.ramdisk_image") == paddr
     assert rep.int_fact("pvh_bootparams.ramdisk_size") == size
     assert rep.table("pvh_bootparams.e820")[-1] == (0xA0000, 0x60000, 2)  # Linux appends the ISA range
+    assert_modlist_on_qboot_stack(rep)
 
 
-def test_tcg_microvm_without_acpi():
-    proc, rep = run_qemu("-smp", "2", machine="microvm,accel=tcg,acpi=off")
-    assert rep.complete and set(rep.failed) == QEMU_MICROVM_DEVIATIONS
+def assert_modlist_on_qboot_stack(rep):
+    """qboot's modlist: a local on its stack just above the entry ESP, 4 bytes off an 8-byte boundary."""
+    esp, modlist = rep.int_fact("entry.esp"), rep.int_fact("start_info.modlist_paddr")
+    assert esp and 0 < modlist - esp < 0x1000, (hex(esp), hex(modlist))  # 0x7b7c = esp 0x7b60 + 0x1c (7.2)
+    assert modlist % 8 == 4
+    assert rep.rule("start_info.modlist_aligned").seen == f"modlist {modlist:#x} is 4 bytes past an 8-byte boundary"
+    seen = rep.rule("start_info.not_on_entry_stack").seen
+    assert seen.startswith(f"modlist {modlist:#x}+0x20 at esp+{modlist - esp:#x}, on the loader's stack"), seen
+    assert f"entry esp {esp:#x}" in seen
+    assert rep.status("start_info.modlist_in_ram") == "pass"  # RAM per the memmap: the old rules missed it
+
+
+def test_tcg_microvm_without_acpi(tmp_path):
+    initrd = tmp_path / "initrd.bin"
+    initrd.write_bytes(b"\x5a" * 100)
+    proc, rep = run_qemu("-smp", "2", "-initrd", str(initrd), machine="microvm,accel=tcg,acpi=off")
+    assert rep.complete and set(rep.failed) == QEMU_MICROVM_DEVIATIONS | QEMU_INITRD_DEVIATIONS
+    assert_modlist_on_qboot_stack(rep)
     assert rep.int_fact("start_info.rsdp_paddr") == 0
     assert rep.status("acpi.rsdp") == "unverifiable" and rep.status("smp.aps_started") == "unverifiable"
 

@@ -6,10 +6,13 @@ pvhboot placed (plan) and with pvhboot's own ``start_info_to_boot_params()``.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 
 import pytest
 
+from pvhboot.abi.start_info import hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
+from pvhboot.memory import layout
 from pvhboot.probe.report import parse_report
 from pvhboot.vmm import MicroVM
 
@@ -89,6 +92,12 @@ def test_probe_passes(protocol, cpus, with_initrd, long_cmdline, memory, initrd)
     data = initrd.read_bytes()
     if protocol == "pvh":
         assert rep.int_fact("start_info.nr_modules") == (1 if with_initrd else 0)
+        # the alignment, empty-entry and entry-stack rules are checked (and pass) under pvhboot
+        assert rep.int_fact("entry.esp") == layout.BOOT_STACK_POINTER
+        new_rules = ["start_info.aligned", "start_info.memmap_aligned", "start_info.memmap_no_empty",
+                     "start_info.not_on_entry_stack"] + (["start_info.modlist_aligned"] if with_initrd else [])
+        for name in new_rules:
+            assert rep.status(name) == "pass", (name, rep.rule(name))
         if with_initrd:
             paddr, size, _ = (int(v, 0) for v in rep.facts["start_info.mod.0"].split())
             assert size == len(data) and paddr == extra["plan"].find("initrd").addr
@@ -154,29 +163,144 @@ def cmdline_without_nul(loaded, mem):
     return loaded
 
 
-MUTATIONS = [
-    pytest.param(tr_not_busy, "entry.tr_busy", id="tr-not-busy"),
-    pytest.param(ebx_off_by_8, "entry.ebx", id="ebx-off-by-8"),
-    pytest.param(unsorted_memmap, "start_info.memmap_sorted", id="unsorted-memmap"),
-    pytest.param(bad_rsdp_checksum, "acpi.rsdp_checksum", id="bad-rsdp-checksum"),
-    pytest.param(cmdline_without_nul, "start_info.cmdline_nul", id="cmdline-without-nul"),
+def _start_info_field(loaded, mem, name, value=None):
+    """Read (and with ``value`` rewrite) one hvm_start_info field in guest memory."""
+    field = getattr(hvm_start_info, name)
+    at = loaded.plan.find("start_info").addr + field.offset
+    if value is not None:
+        mem.write(at, value.to_bytes(field.size, "little"))
+    return int.from_bytes(mem.read(at, field.size), "little")
+
+
+def _move_modlist(loaded, mem, to):
+    """Copy the modlist to ``to`` (where nothing pvhboot placed lies) and point start_info at it."""
+    ml = loaded.plan.find("modlist")
+    assert not [p for p in loaded.plan.placements if p.addr < to + ml.size and to < p.addr + p.size
+                and p.name not in ("boot_stack", "modlist")]
+    mem.write(to, mem.read(ml.addr, ctypes.sizeof(hvm_modlist_entry)))
+    mem.write(ml.addr, bytes(ctypes.sizeof(hvm_modlist_entry)))  # the old copy is not the modlist any more
+    _start_info_field(loaded, mem, "modlist_paddr", to)
+    return loaded
+
+
+def modlist_misaligned(loaded, mem):
+    """The modlist 4 bytes past an 8-byte boundary (in pvhboot's start_info area, off any stack)."""
+    return _move_modlist(loaded, mem, loaded.plan.find("modlist").addr + 4)
+
+
+def modlist_on_entry_stack(loaded, mem):
+    """The modlist 8-byte aligned but inside the boot stack page, 0x40 below the entry ESP."""
+    return _move_modlist(loaded, mem, loaded.cpu.rsp - 0x40)
+
+
+def modlist_as_qboot(loaded, mem):
+    """What QEMU 7.2 microvm does: the modlist 0x1c above the entry ESP (misaligned, on the stack)."""
+    return _move_modlist(loaded, mem, loaded.cpu.rsp + 0x1C)
+
+
+def _append_empty_memmap_entry(loaded, mem):
+    entry = ctypes.sizeof(hvm_memmap_table_entry)
+    mm, n = loaded.plan.find("memmap").addr, _start_info_field(loaded, mem, "memmap_entries")
+    mem.write(mm + entry * n, bytes(entry))
+    _start_info_field(loaded, mem, "memmap_entries", n + 1)
+    return loaded
+
+
+def memmap_empty_entry(loaded, mem):
+    """qboot's memmap: an empty entry (addr 0, size 0, type 0) counted at the end."""
+    return _append_empty_memmap_entry(loaded, mem)
+
+
+def memmap_unsorted_and_empty(loaded, mem):
+    """Two defects at once: two entries swapped and an empty entry at the end."""
+    return _append_empty_memmap_entry(unsorted_memmap(loaded, mem), mem)
+
+
+ESP = layout.BOOT_STACK_POINTER  # pvhboot's entry ESP (the probe's stack window is ESP +- 4 KiB)
+MUTATIONS = [  # (mutation, the rules it must fail, with exactly these "seen" texts when given)
+    pytest.param(tr_not_busy, {"entry.tr_busy": None}, id="tr-not-busy"),
+    pytest.param(ebx_off_by_8, {"entry.ebx": None}, id="ebx-off-by-8"),
+    pytest.param(unsorted_memmap, {"start_info.memmap_sorted": None}, id="unsorted-memmap"),
+    pytest.param(bad_rsdp_checksum, {"acpi.rsdp_checksum": None}, id="bad-rsdp-checksum"),
+    pytest.param(cmdline_without_nul, {"start_info.cmdline_nul": None}, id="cmdline-without-nul"),
+    pytest.param(modlist_misaligned, {"start_info.modlist_aligned":
+                                      f"modlist {layout.MODLIST_START + 4:#x} is 4 bytes past an 8-byte boundary"},
+                 id="modlist-misaligned"),
+    pytest.param(modlist_on_entry_stack, {"start_info.not_on_entry_stack":
+                                          f"modlist {ESP - 0x40:#x}+0x20 at esp-0x40, on the loader's stack "
+                                          f"(entry esp {ESP:#x}, window {ESP - 0x1000:#x}-{ESP + 0x1000:#x})"},
+                 id="modlist-on-entry-stack"),
+    pytest.param(modlist_as_qboot, {"start_info.modlist_aligned": None, "start_info.not_on_entry_stack": None},
+                 id="modlist-as-qboot"),
+    pytest.param(memmap_empty_entry, {"start_info.memmap_no_empty": None}, id="memmap-empty-entry"),
+    pytest.param(memmap_unsorted_and_empty, {"start_info.memmap_sorted": None, "start_info.memmap_no_empty": None},
+                 id="memmap-unsorted-and-empty"),
 ]
 
 
-@pytest.mark.parametrize("mutate,rule", MUTATIONS)
-def test_mutation_fails_naming_the_rule(mutate, rule):
-    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", mutate=mutate)
+@pytest.mark.parametrize("mutate,rules", MUTATIONS)
+def test_mutation_fails_naming_the_rule(mutate, rules, initrd):
+    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", initrd=str(initrd),
+                          mutate=mutate)
     assert rep.complete and rep.verdict == "fail"
-    assert rule in rep.verdict_failed, rep.verdict_failed
-    assert rep.status(rule) == "fail"
+    for rule, seen in rules.items():
+        assert rule in rep.verdict_failed, rep.verdict_failed
+        assert rep.status(rule) == "fail"
+        if seen is not None:
+            assert rep.rule(rule).seen == seen
     assert record.exit_code == 1
-    # and nothing unrelated broke: the failures are the named rule and its direct consequences
-    allowed = {rule, "acpi.rsdp_ext_checksum"}  # the extended checksum covers the first one's byte
+    # and nothing unrelated broke: the failures are the named rules and their direct consequences
+    allowed = set(rules) | {"acpi.rsdp_ext_checksum"}  # the extended checksum covers the first one's byte
     assert set(rep.failed) <= allowed, rep.failed
+    # two defects, two texts: neither rule reports the other's defect
+    seen = {rep.rule(r).seen for r in rules}
+    assert len(seen) == len(rules), seen
 
 
-def test_unmutated_control_passes():
+def test_unsorted_and_empty_memmap_texts():
+    """Each defect is described by its own rule: the swap by the order, the empty entry by its index."""
+    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", mutate=memmap_unsorted_and_empty)
+    memmap = rep.table("start_info.memmap")
+    assert memmap[-1] == (0, 0, 0)
+    assert rep.rule("start_info.memmap_sorted").seen == f"entry 1 ({memmap[1][0]:#x}) below entry 0 ({memmap[0][0]:#x})"
+    assert rep.rule("start_info.memmap_no_empty").seen == \
+        f"1 empty, first: entry {len(memmap) - 1} (addr 0x0 size 0 type 0)"
+    assert rep.status("start_info.memmap_types") == "pass"
+
+
+def tr_null_selector(loaded, mem):
+    """TR's selector 0 with the hidden busy-TSS state kept: what Xen loads (no selector in vcpu_hvm_x86_32)."""
+    cpu = loaded.cpu
+    return dataclasses.replace(loaded, cpu=dataclasses.replace(cpu, tr=dataclasses.replace(cpu.tr, selector=0)))
+
+
+def esp_zero(loaded, mem):
+    """ESP 0: no stack handed over (pvh.pandoc leaves ESP undefined; Xen sets none)."""
+    return dataclasses.replace(loaded, cpu=dataclasses.replace(loaded.cpu, rsp=0))
+
+
+def test_null_tr_selector_is_reported_as_such():
+    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", mutate=tr_null_selector)
+    assert rep.int_fact("entry.tr") == 0
+    for name in ("entry.tr_busy", "entry.tr_tss32", "entry.tr_base", "entry.tr_limit"):
+        assert rep.status(name) == "unverifiable"
+        assert rep.rule(name).seen.startswith("tr=0x0 is the null selector"), rep.rule(name).seen
+    assert rep.passed and record.exit_code == 0  # unverifiable is not a failure
+
+
+def test_esp_zero_hands_over_no_stack(initrd):
+    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", initrd=str(initrd),
+                          mutate=esp_zero)
+    assert rep.int_fact("entry.esp") == 0
+    assert rep.status("start_info.not_on_entry_stack") == "pass"
+    assert rep.rule("start_info.not_on_entry_stack").seen.startswith("esp=0: no stack handed over")
+    assert rep.passed and record.exit_code == 0
+
+
+def test_unmutated_control_passes(initrd):
     """The control for the mutations above: same configuration, no mutation."""
-    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe")
+    record, rep, _ = boot(protocol="pvh", cpus=1, memory=64 * MIB, cmdline="probe", initrd=str(initrd))
     assert rep.passed and record.exit_code == 0
     assert rep.status("entry.tr_busy") == "pass" and "ltr faulted" in rep.rule("entry.tr_busy").seen
+    assert rep.status("start_info.modlist_aligned") == "pass"
+    assert rep.status("start_info.not_on_entry_stack") == "pass"

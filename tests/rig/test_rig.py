@@ -42,3 +42,16 @@ def test_rig_timeout_says_where_with_last_lines():
     msg = str(e.value)
     assert "timed out after 20 s while running the command" in msg
     assert "last-words-before-hang" in msg
+
+
+def test_a_silent_outer_guest_is_reported_as_a_stall_with_its_registers():
+    # Silence the outer guest's watchdog, then say nothing: the host must call it a stall well
+    # before the timeout, with QEMU's view of the outer vCPUs, and (attempts=1) not boot it again.
+    from pvhboot.rig.launch import OUTER_CPUS, RigStalled
+
+    with pytest.raises(RigStalled) as e:
+        run_in_rig("kill $(cat /run/rig-heartbeat.pid); echo silenced-now; sleep 600", timeout=240,
+                   stall_timeout=20, attempts=1)
+    msg = str(e.value)
+    assert "rig stalled" in msg and "silenced-now" in msg
+    assert msg.count("RIP=") == OUTER_CPUS, msg  # one register dump per outer vCPU

@@ -163,7 +163,7 @@ def test_load_kernel_names_the_file(tmp_path):
         load_kernel(empty)
     with pytest.raises(ImageError, match="cannot read kernel .*No such file"):
         load_kernel(tmp_path / "missing")
-    with pytest.raises(ImageError, match="Is a directory"):
+    with pytest.raises(ImageError, match="a directory, not a regular file"):
         load_kernel(tmp_path)
 
 

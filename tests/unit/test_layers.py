@@ -23,18 +23,21 @@ PKG_DIR = Path(__file__).resolve().parents[2] / "src" / "pvhboot"
 ALLOWED: dict[str, set[str]] = {
     "pvhboot": set(),  # the package __init__ (__version__): importing pvhboot.X must not pull in a layer
     "errors": set(),
+    # Opening the files a user names (regular files only, size limits, safe outputs): below every
+    # layer that reads or writes one (image, boot's initrd loader, vmm's config, commands).
+    "files": {"errors"},
     "abi": {"errors"},  # pure declarations; uses nothing of pvhboot today (check_layout is abi's own)
-    "image": {"abi", "errors"},
+    "image": {"abi", "errors", "files"},
     "memory": {"abi", "errors"},  # uses errors only
     "kvm": {"abi", "errors", "memory"},  # uses abi + errors only: memory slots take host addresses as ints
-    "boot": {"abi", "image", "memory", "errors"},  # no image import today: kernels are passed in as facts
+    "boot": {"abi", "image", "memory", "errors", "files"},  # no image import today: kernels are passed in as facts
     "devices": {"abi", "memory", "errors"},  # memory: layout constants only (see DEVICES_MEMORY)
     "probe": {"errors"},  # probe_path() and the report parser; uses nothing of pvhboot today
     "initramfs": {"errors"},  # the newc writer is a library leaf
-    "vmm": {"pvhboot", "errors", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs"},
-    "commands": {"pvhboot", "errors", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
+    "vmm": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs"},
+    "commands": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
                  "vmm"},
-    "cli": {"pvhboot", "errors", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
+    "cli": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
             "vmm", "commands"},
     "__main__": {"cli"},
     # The nested-rig builder is an application of its own (`python -m pvhboot.rig`), beside the CLI:

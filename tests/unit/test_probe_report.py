@@ -91,9 +91,63 @@ def test_every_rule_the_probe_can_emit_is_described():
     from pvhboot.probe import source_dir
 
     src = (source_dir() / "probe.c").read_text()
-    names = set(re.findall(r'rule\("([a-z0-9_.]+)"', src))
+    names = set(re.findall(r'(?:rule|check_segment|check_aligned)\("([a-z0-9_.]+)"', src))
     assert len(names) > 50
     assert names - set(RULES) == set()
+
+
+def test_every_described_rule_is_emitted_by_the_probe():
+    """No stale description: each RULES name but probe.incomplete (the parser's own) is in probe.c."""
+    import re
+
+    from pvhboot.probe import source_dir
+
+    src = (source_dir() / "probe.c").read_text()
+    emitted = set(re.findall(r'(?:rule|check_segment|check_aligned)\("([a-z0-9_.]+)"', src))
+    assert set(RULES) - emitted == {"probe.incomplete"}
+
+
+# What QEMU 7.2 microvm (qboot) with -initrd reports (tests/differential/test_probe_qemu.py runs it).
+QBOOT_INITRD = """\
+probe.version=1
+probe.protocol=pvh
+entry.esp=0x7b60
+entry.tr=0x0
+rule.entry.tr_busy=unverifiable tr=0x0 is the null selector: no TSS descriptor to read, the hidden TR state is \
+invisible to the guest
+rule.entry.ebx=pass ebx=0xf31e0 magic=0x336ec578
+rule.start_info.aligned=pass start_info 0xf31e0 is 8-byte aligned
+start_info.modlist_paddr=0x7b7c
+start_info.memmap.4=0x100000 0x3f00000 1
+start_info.memmap.5=0x0 0x0 0
+rule.start_info.memmap_sorted=pass ascending addresses
+rule.start_info.memmap_types=pass types 1..7
+rule.start_info.memmap_no_empty=fail 1 empty, first: entry 5 (addr 0x0 size 0 type 0)
+rule.start_info.memmap_aligned=pass memmap 0xefbe0 is 8-byte aligned
+rule.start_info.modlist_in_ram=pass modlist 0x7b7c, 1 entries
+rule.start_info.modlist_aligned=fail modlist 0x7b7c is 4 bytes past an 8-byte boundary
+rule.start_info.not_on_entry_stack=fail modlist 0x7b7c+0x20 at esp+0x1c, on the loader's stack (entry esp 0x7b60, \
+window 0x6b60-0x8b60)
+probe.rules=12
+PROBE FAIL: start_info.memmap_no_empty; start_info.modlist_aligned; start_info.not_on_entry_stack
+"""
+
+
+def test_qboot_report_names_each_defect_once():
+    rep = parse_report(QBOOT_INITRD)
+    assert rep.verdict == "fail"
+    assert rep.failed == ("start_info.memmap_no_empty", "start_info.modlist_aligned", "start_info.not_on_entry_stack")
+    assert rep.status("start_info.memmap_sorted") == "pass"  # the empty entry is not an ordering defect
+    assert rep.rule("start_info.not_on_entry_stack").seen == \
+        "modlist 0x7b7c+0x20 at esp+0x1c, on the loader's stack (entry esp 0x7b60, window 0x6b60-0x8b60)"
+    assert rep.int_fact("entry.esp") == 0x7B7C - 0x1C == rep.int_fact("start_info.modlist_paddr") - 0x1C
+    assert rep.status("entry.tr_busy") == "unverifiable" and "null selector" in rep.rule("entry.tr_busy").seen
+    # the new rules cite where they come from
+    for name in ("start_info.aligned", "start_info.memmap_aligned", "start_info.modlist_aligned",
+                 "start_info.memmap_no_empty"):
+        assert rep.rule(name).source == "xen/include/public/arch-x86/hvm/start_info.h", name
+    assert "4 KiB" in rep.rule("start_info.not_on_entry_stack").description
+    assert rep.table("start_info.memmap") == [(0x100000, 0x3F00000, 1), (0, 0, 0)]
 
 
 def test_conformance_cli_on_saved_logs(tmp_path, capsys):

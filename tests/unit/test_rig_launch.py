@@ -38,3 +38,67 @@ def test_timeout_after_ready_says_where():
                          echo=None, ready_timeout=0.5)
     assert not isinstance(e.value, launch.RigNotReady)
     assert "while running the command" in str(e.value) and "last-words" in str(e.value)
+
+
+def test_heartbeats_are_not_command_output():
+    res = launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo a; echo 'RIG-HEARTBEAT t=10 uptime=1';"
+                                 " echo b; echo 'RIG-RESULT rc=0'"), timeout=30, echo=None, ready_timeout=10)
+    assert res.output == "a\nb\n"
+
+
+def test_a_silent_outer_guest_is_a_stall_not_a_timeout():
+    # Ready, began, then nothing: no heartbeat for stall_timeout -> RigStalled long before the timeout.
+    with pytest.raises(launch.RigStalled) as e:
+        launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo last-words; exec sleep 60"), timeout=60,
+                         echo=None, ready_timeout=10, stall_timeout=1)
+    msg = str(e.value)
+    assert "rig stalled" in msg and "last-words" in msg
+    assert "QEMU monitor" in msg
+
+
+def test_a_beating_heart_is_not_a_stall():
+    # Heartbeats keep a slow command alive: it ends in the command's own result, not a stall.
+    script = ("echo RIG-READY; echo RIG-BEGIN; for i in 1 2 3 4 5 6; do sleep 0.3; echo RIG-HEARTBEAT t=$i; done; "
+              "echo 'RIG-RESULT rc=4'")
+    res = launch._run_qemu(_fake(script), timeout=30, echo=None, ready_timeout=10, stall_timeout=1)
+    assert (res.rc, res.output) == (4, "")
+
+
+def test_run_in_rig_boots_again_after_a_stall(monkeypatch, tmp_path):
+    # The first outer boot stalls, the second finishes: the result says it took two.
+    calls = []
+
+    def fake_run(argv, timeout, echo, ready_timeout, stall_timeout, qmp):
+        calls.append(argv)
+        if len(calls) == 1:
+            launch.CONSOLE_LOG.write_text("stalled console\n")
+            raise launch.RigStalled("rig stalled: test", "")
+        return launch.RigResult(rc=0, output="ok\n", wall_time=1.0)
+
+    monkeypatch.setattr(launch, "_run_qemu", fake_run)
+    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
+    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    res = launch.run_in_rig("true", timeout=30)
+    assert (res.rc, res.attempts, len(calls)) == (0, 2, 2)
+    assert "-smp" in calls[0] and calls[0][calls[0].index("-smp") + 1] == str(launch.OUTER_CPUS)
+    assert launch.CONSOLE_LOG.with_name("last-console-attempt1.log").read_text() == "stalled console\n"
+
+
+def test_run_in_rig_gives_up_after_its_attempts(monkeypatch, tmp_path):
+    def always_stalls(*args):
+        launch.CONSOLE_LOG.write_text("")
+        raise launch.RigStalled("rig stalled: again", "")
+
+    monkeypatch.setattr(launch, "_run_qemu", always_stalls)
+    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
+    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    with pytest.raises(launch.RigStalled):
+        launch.run_in_rig("true", timeout=30, attempts=2)
+
+
+def _empty(tmp_path):
+    rig = tmp_path / "rig.cpio"
+    rig.write_bytes(b"")
+    return rig

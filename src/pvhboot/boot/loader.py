@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import BootError, ConfigError, LayoutError
+from ..files import INITRD_LIMIT, open_regular
 from ..memory import layout as L
 from .acpi import configure_acpi
 from .config import BootConfig, LoadedGuest, MemoryPlan
@@ -59,16 +60,18 @@ def _open_kernel_file(kernel) -> int | None:
 
 def _load_initrd(mem, path: str, addr: int, size: int) -> None:
     view = mem.view(addr, size)
+    fd = open_regular(path, "--initrd", INITRD_LIMIT)  # never blocks on a fifo, never reads a device
     try:
-        with open(path, "rb") as f:
-            got = 0
-            while got < size:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+        got = 0
+        while got < size:
+            n = os.readv(fd, [view[got:]])
+            if not n:
+                break
+            got += n
     except OSError as e:
         raise ConfigError(f"initrd {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
     if got != size:
         raise BootError(f"initrd {path} changed size while loading ({got} of {size} bytes read)")
 

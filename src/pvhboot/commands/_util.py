@@ -1,40 +1,7 @@
 """Small helpers shared by the subcommands."""
 from __future__ import annotations
 
-import os
-import re
 import sys
-import tempfile
-
-from ..errors import ConfigError
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_MULT = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'512M', '6G', '16384K' -> bytes.  A bare number means MiB, as QEMU's -m does."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ConfigError(f"invalid size {text!r} (use e.g. 512M or 6G)")
-    return int(m.group(1)) * _MULT[m.group(2).lower()]
-
-
-def write_atomically(path: str, chunks) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a failure leaves no partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pvhboot-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def emit_report(report: dict, as_json: bool, print_human) -> None:
@@ -46,3 +13,16 @@ def emit_report(report: dict, as_json: bool, print_human) -> None:
         sys.stdout.write("\n")
     else:
         print_human(report)
+
+
+def rich_console():
+    """A rich Console for human output whose closed-pipe handling is the CLI's: rich's own
+    (Console.on_broken_pipe) exits with status 1; a reader that went away is not an error, so the
+    BrokenPipeError goes on to cli.main, which exits 0 quietly."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console()

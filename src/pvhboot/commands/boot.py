@@ -4,14 +4,21 @@ Exit status: the guest's (0 after an ACPI power-off, a reset or Ctrl-A x; the va
 debug-exit port), 1 when the guest crashed or hit --timeout (the crash report goes to stderr),
 2 for a user error (one line on stderr).
 """
+
 from __future__ import annotations
 
 import sys
 
-from ..errors import ConfigError
-from ._util import parse_size, write_atomically
+from ..files import write_output
+from .vm_options import add_vm_options, vm_config_from_args
 
 EXIT_CRASH = 1
+EXIT_STATUS_HELP = (
+    "Exit status: the guest's -- 0 after an ACPI power-off, a reset or Ctrl-A x; the value V written "
+    "to the debug-exit port 0xf4, as its low byte, except that a non-zero V whose low byte is 0 "
+    "(0x100, 0x200, ...) exits 1 with a warning, so a failure never reads as success. 1 when the "
+    "guest crashed or hit --timeout (a crash report on stderr); 2 for a user error (one line on "
+    "stderr).")
 
 
 def add_parser(subparsers):
@@ -20,46 +27,32 @@ def add_parser(subparsers):
         description="Boot an ELF vmlinux or a bzImage on KVM the PVH way (or with the Linux boot protocol). "
                     "Without KERNEL, boots pvhboot's built-in probe.")
     p.add_argument("kernel", metavar="KERNEL", nargs="?", help="ELF vmlinux or bzImage (default: the probe)")
-    p.add_argument("--initrd", metavar="FILE", help="initial ramdisk (PVH module 0 / ramdisk_image)")
-    p.add_argument("--cmdline", metavar="S", default="", help="kernel command line")
-    p.add_argument("--memory", metavar="SIZE", default="512M", help="guest RAM, e.g. 512M or 6G (default 512M)")
-    p.add_argument("--cpus", metavar="N", type=int, default=1, help="vCPUs (default 1)")
-    p.add_argument("--protocol", choices=("auto", "pvh", "linux32", "linux64"), default="auto",
-                   help="entry protocol; auto: PVH when the kernel has the Xen PHYS32_ENTRY note, else linux64")
-    p.add_argument("--timeout", metavar="S", type=float, default=None,
-                   help="stop the guest after S seconds of wall time, with a report")
-    p.add_argument("--symbols", metavar="FILE", help="System.map or ELF with symbols, for crash reports")
-    p.add_argument("--no-coalesced-uart", dest="coalesced_uart", action="store_false",
-                   help="make every write to COM1's THR a full VM exit (by default THR is a coalesced "
-                        "PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
-    p.add_argument("--events-json", metavar="FILE", help="write the exit record and boot markers as JSON")
+    p.epilog = EXIT_STATUS_HELP
+    add_vm_options(p)
     return p
 
 
 def run(args) -> int:
     from ..vmm import MicroVM
 
-    memory = parse_size(args.memory)
-    if args.cpus < 1:
-        raise ConfigError(f"invalid --cpus {args.cpus} (at least 1)")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError(f"invalid --timeout {args.timeout:g} (seconds > 0)")
-    for name, path in (("--initrd", args.initrd), ("--symbols", args.symbols)):
-        if path is not None:
-            try:
-                open(path, "rb").close()
-            except OSError as e:
-                raise ConfigError(f"cannot read {name} {path}: {e.strerror}") from None
+    config = vm_config_from_args(args, kernel=args.kernel)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    with MicroVM(args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=memory, cpus=args.cpus,
-                 protocol=args.protocol, timeout=args.timeout, symbols=args.symbols,
-                 stdin=stdin_is_tty, coalesced_uart=args.coalesced_uart) as vm:
+    with MicroVM(config=config, stdin=stdin_is_tty) as vm:
         record = vm.run()
-    if args.events_json:
-        write_atomically(args.events_json, [record.to_json_bytes()])
+    if config.events_json:
+        write_output(config.events_json, [record.to_json_bytes()], "--events-json",
+                     inputs=[p for p in (config.kernel, config.initrd, config.symbols) if p])
     if record.crash_report:
         sys.stdout.flush()
         sys.stderr.write(record.crash_report)
         sys.stderr.flush()
         return EXIT_CRASH
-    return record.exit_code & 0xFF
+    if record.reason != "debug_exit":
+        return record.exit_code & 0xFF
+    from ..devices.debug_exit import exit_status
+
+    status = exit_status(record.exit_code)
+    if status != record.exit_code:
+        print(f"pvhboot: warning: the guest's debug-exit value {record.exit_code:#x} is not an exit "
+              f"status (one byte); exiting {status}", file=sys.stderr)
+    return status

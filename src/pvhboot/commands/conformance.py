@@ -13,12 +13,16 @@ fail or unverifiable, and what the probe saw.  Exit status 0 when the probe pass
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..errors import ConfigError
-from ._util import parse_size
+from ..files import CONSOLE_LOG_LIMIT, read_regular
+from ._util import rich_console
+from .vm_options import add_vm_options, vm_config_from_args
 
 PLACEHOLDER = "{probe}"
+REPORT_START = b"probe.version="  # the probe's first fact line (probe/report.py)
 EXIT_FAIL = 1
 
 
@@ -27,17 +31,15 @@ def add_parser(subparsers):
         "conformance", help="run the probe under pvhboot or another VMM and check the boot ABI",
         description="Run pvhboot's probe guest (under pvhboot, or under the VMM command given after --, "
                     f"with {PLACEHOLDER} replaced by the probe's path) and print each ABI rule it checked.")
-    p.add_argument("--memory", metavar="SIZE", default="64M", help="guest RAM under pvhboot (default 64M)")
-    p.add_argument("--cpus", metavar="N", type=int, default=1, help="vCPUs under pvhboot (default 1)")
-    p.add_argument("--initrd", metavar="FILE", help="initrd (PVH module 0) under pvhboot")
-    p.add_argument("--cmdline", metavar="S", default="", help="command line under pvhboot")
-    p.add_argument("--protocol", choices=("pvh", "linux64"), default="pvh",
-                   help="entry protocol under pvhboot (default pvh)")
-    p.add_argument("--timeout", metavar="S", type=float, default=60.0, help="wall-clock limit (default 60 s)")
+    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout"),
+                   memory="64M", timeout=60.0, protocols=("pvh", "linux64"), protocol="pvh")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("vmm", nargs="*", metavar="-- VMM COMMAND", help=f"another VMM's command line with {PLACEHOLDER}")
+    # REMAINDER keeps a lone "--" (nargs="*" drops it), so `conformance --` with nothing after it
+    # is refused instead of silently meaning "under pvhboot".
+    p.add_argument("vmm", nargs=argparse.REMAINDER, metavar="-- VMM COMMAND",
+                   help=f"another VMM's command line with {PLACEHOLDER}")
     return p
 
 
@@ -45,15 +47,7 @@ def run_under_pvhboot(args) -> tuple[bytes, str]:
     """The probe under pvhboot's own runtime: (console bytes, one line about how it ended)."""
     from ..vmm import MicroVM
 
-    if args.cpus < 1:
-        raise ConfigError(f"invalid --cpus {args.cpus} (at least 1)")
-    if args.initrd is not None:
-        try:
-            open(args.initrd, "rb").close()
-        except OSError as e:
-            raise ConfigError(f"cannot read --initrd {args.initrd}: {e.strerror}") from None
-    with MicroVM(None, initrd=args.initrd, cmdline=args.cmdline, memory=parse_size(args.memory),
-                 cpus=args.cpus, protocol=args.protocol, console=None, timeout=args.timeout) as vm:
+    with MicroVM(config=vm_config_from_args(args), console=None) as vm:
         record = vm.run()
     if record.crash_report:
         sys.stderr.write(record.crash_report)
@@ -72,17 +66,27 @@ def build_vmm_command(argv: list[str], probe: str) -> list[str]:
 
 
 def run_external(argv: list[str], timeout: float) -> tuple[bytes, str]:
-    """Another VMM: its stdout is the console (stderr is read too when stdout holds no report)."""
+    """Another VMM: its stdout is the console (stderr is read too when stdout holds no report).
+    A VMM that ends before the probe said anything (a bad option, a missing file) is the user's
+    error, shown with the VMM's own exit status and last stderr line."""
     import subprocess  # lazily: `pvhboot boot` imports every subcommand module (cli.build_parser)
 
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except FileNotFoundError:
         raise ConfigError(f"VMM command not found: {argv[0]}") from None
+    except OSError as e:  # not executable, a directory, ...
+        raise ConfigError(f"cannot run the VMM command {argv[0]}: {e.strerror or e}") from None
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"") + (b"" if b"probe.version=" in (e.stdout or b"") else e.stderr or b"")
+        out = (e.stdout or b"") + (b"" if REPORT_START in (e.stdout or b"") else e.stderr or b"")
         return out, f"{argv[0]}: killed after {timeout:g} s"
-    out = proc.stdout if b"probe.version=" in proc.stdout else proc.stdout + proc.stderr
+    if REPORT_START not in proc.stdout + proc.stderr and proc.returncode != 0:
+        said = [line.strip() for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        status = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                  else f"exit status {proc.returncode}")
+        raise ConfigError(f"the VMM {argv[0]} failed ({status}) before the probe reported"
+                          + (f": {said[-1][:300]}" if said else " and printed nothing on stderr"))
+    out = proc.stdout if REPORT_START in proc.stdout else proc.stdout + proc.stderr
     return out, f"{argv[0]}: exit status {proc.returncode}"
 
 
@@ -99,33 +103,34 @@ def report_json(report, how: str) -> dict:
 
 
 def print_table(report, how: str, show_facts: bool) -> None:
-    from rich.console import Console
+    from rich.markup import escape  # what the guest printed (and the VMM command) is data, never markup
     from rich.table import Table
 
-    console = Console()
+    console = rich_console()
     style = {"pass": "green", "fail": "bold red", "unverifiable": "yellow"}
     protocol = report.facts.get("probe.protocol", "?")
-    table = Table(title=f"PVH probe conformance ({protocol} entry; {how})", title_justify="left")
+    table = Table(title=escape(f"PVH probe conformance ({protocol} entry; {how})"), title_justify="left")
     table.add_column("rule", no_wrap=True)
     table.add_column("result", no_wrap=True)
     table.add_column("ABI", overflow="fold")
     table.add_column("seen", overflow="fold")
     for r in report.rules:
-        table.add_row(r.name, f"[{style[r.status]}]{r.status}[/]", r.description, r.seen)
+        table.add_row(escape(r.name), f"[{style[r.status]}]{escape(r.status)}[/]", escape(r.description),
+                      escape(r.seen))
     console.print(table)
     if show_facts:
         facts = Table(title="facts", title_justify="left")
         facts.add_column("key", no_wrap=True)
         facts.add_column("value", overflow="fold")
         for k, v in report.facts.items():
-            facts.add_row(k, v)
+            facts.add_row(escape(k), escape(v))
         console.print(facts)
     counts = {s: sum(1 for r in report.rules if r.status == s) for s in style}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     if report.passed:
         console.print(f"[green]PROBE PASS[/] ({summary})")
     else:
-        console.print(f"[bold red]PROBE FAIL[/] ({summary}): {'; '.join(report.failed)}")
+        console.print(f"[bold red]PROBE FAIL[/] ({summary}): {escape('; '.join(report.failed))}")
 
 
 def run(args) -> int:
@@ -135,11 +140,7 @@ def run(args) -> int:
     if args.report:
         if args.vmm:
             raise ConfigError("--report and a VMM command exclude each other")
-        try:
-            with open(args.report, "rb") as f:
-                output = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read --report {args.report}: {e.strerror}") from None
+        output = read_regular(args.report, "--report", CONSOLE_LOG_LIMIT)
         how = f"log {args.report}"
     elif args.vmm:
         probe = probe_path()

@@ -1,16 +1,18 @@
 """`pvhboot extract BZIMAGE -o VMLINUX`: write a bzImage's decompressed payload (the ELF vmlinux).
 
-The output is written to a temporary file and renamed, so an error leaves no output file.
+The output is written to a temporary file and renamed, so an error leaves no output file.  It must
+be a new path or a regular file other than the input (a symlink is followed); it gets mode 0666 minus
+the umask (pvhboot.files).
 """
 from __future__ import annotations
 
 import os
 
 from ..errors import ImageError
+from ..files import check_output, write_output
 from ..image import map_file
 from ..image.bzimage import is_bzimage, parse_bzimage
 from ..image.elf import ELF_MAGIC
-from ._util import write_atomically
 
 
 def add_parser(subparsers):
@@ -24,6 +26,7 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     name = os.fspath(args.bzimage)
+    check_output(args.output, "output", inputs=[name])  # before the decompression's work
     data = map_file(name)
     if data[:4] == ELF_MAGIC:
         raise ImageError(f"{name} is already an ELF vmlinux: nothing to extract")
@@ -33,8 +36,5 @@ def run(args) -> int:
         bz = parse_bzimage(data)
     except ImageError as e:
         raise type(e)(f"{name}: {e}") from None
-    try:
-        write_atomically(args.output, [bz.payload.data])
-    except OSError as e:
-        raise ImageError(f"cannot write {args.output}: {e.strerror or e}") from None
+    write_output(args.output, [bz.payload.data], "output", inputs=[name])
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..abi.xen_notes import DESCRIPTIONS, PHYS32_RELOC_FIELDS, XEN_ELFNOTE
 from ..image import STARTUP_64_OFFSET, KernelImage, load_kernel
-from ._util import emit_report
+from ._util import emit_report, rich_console
 
 
 def add_parser(subparsers):
@@ -70,19 +70,20 @@ def _hex(v) -> str:
 
 
 def print_report(r: dict) -> None:
-    from rich.console import Console
+    from rich.markup import escape  # the path and the image's strings are data, never markup
     from rich.table import Table
 
-    console = Console()
-    summary = Table(show_header=False, box=None, title=r["path"], title_justify="left")
+    console = rich_console()
+    summary = Table(show_header=False, box=None, title=escape(r["path"]), title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("format", r["format"] + (f" (ELF{r['elf_class']}, {r['machine']})" if r["elf_class"] else ""))
+    fmt = r["format"] + (f" (ELF{r['elf_class']}, {r['machine']})" if r["elf_class"] else "")
+    summary.add_row("format", escape(fmt))
     if r["boot_protocol"]:
         summary.add_row("boot protocol", r["boot_protocol"])
-        summary.add_row("compression", r["compression"])
-    summary.add_row("linux version", r["linux_version"] or "-")
-    summary.add_row("build id", r["build_id"] or "-")
+        summary.add_row("compression", escape(str(r["compression"])))
+    summary.add_row("linux version", escape(r["linux_version"] or "-"))
+    summary.add_row("build id", escape(r["build_id"] or "-"))
     for proto, addr in r["entries"].items():
         summary.add_row(f"entry {proto}", _hex(addr))
     if r["phys32_reloc"]:
@@ -106,7 +107,7 @@ def print_report(r: dict) -> None:
     for n in r["xen_notes"]:
         v = n["value"]
         shown = _hex(v) if isinstance(v, int) else ", ".join(map(_hex, v)) if isinstance(v, list) else str(v)
-        t.add_row(str(n["type"]), n["name"], shown, DESCRIPTIONS.get(n["type"], ""))
+        t.add_row(str(n["type"]), escape(n["name"]), escape(shown), escape(DESCRIPTIONS.get(n["type"], "")))
     console.print(t if r["xen_notes"] else "no Xen ELF notes")
 
     t = Table(title="PT_LOAD segments" + (" (of the decompressed payload)" if r["format"] == "bzimage" else ""),

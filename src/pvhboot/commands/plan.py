@@ -4,11 +4,12 @@ Nothing is mapped or written."""
 from __future__ import annotations
 
 from ..abi.e820 import E820Type
-from ..boot import PROTOCOLS, BootConfig, plan_guest, resolve_protocol
+from ..boot import BootConfig, plan_guest, resolve_protocol
 from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
-from ._util import emit_report, parse_size
+from ._util import emit_report, rich_console
+from .vm_options import PLAN_OPTIONS, add_vm_options, vm_config_from_args
 
 
 def add_parser(subparsers):
@@ -18,13 +19,7 @@ def add_parser(subparsers):
                                           "of every blob (kernel, initrd, start_info, zero page, "
                                           "ACPI tables, page tables, GDT).")
     p.add_argument("kernel", metavar="KERNEL", help="ELF vmlinux or bzImage")
-    p.add_argument("--memory", default="512M", metavar="SIZE", help="guest RAM (default 512M)")
-    p.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
-    p.add_argument("--cmdline", default="", metavar="S", help="kernel command line")
-    p.add_argument("--cpus", type=int, default=1, metavar="N", help="vCPUs (default 1)")
-    p.add_argument("--protocol", choices=("auto",) + PROTOCOLS, default="auto",
-                   help="entry protocol (default auto: pvh when the kernel has the PVH note, "
-                        "else linux64)")
+    add_vm_options(p, include=PLAN_OPTIONS)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -48,11 +43,11 @@ def build_report(kernel, config: BootConfig, plan) -> dict:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
+    from rich.markup import escape  # the kernel's path is data, never markup
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{report['kernel']}[/bold] ({report['format']}): protocol "
+    console = rich_console()
+    console.print(f"[bold]{escape(report['kernel'])}[/bold] ({report['format']}): protocol "
                   f"[bold]{report['protocol']}[/bold], entry {report['entry']:#x}, "
                   f"{format_size(report['memory'])} RAM, {report['cpus']} vCPU(s)")
     e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")
@@ -74,10 +69,9 @@ def print_report(report: dict) -> None:
 
 
 def run(args) -> int:
-    memory = parse_size(args.memory)
-    kernel = load_kernel(args.kernel)
-    config = BootConfig(memory=memory, cpus=args.cpus, cmdline=args.cmdline, initrd=args.initrd,
-                        protocol=resolve_protocol(kernel, args.protocol))
+    vm = vm_config_from_args(args)
+    kernel = load_kernel(args.kernel)  # checks the file itself (pvhboot.files)
+    config = vm.boot_config(resolve_protocol(kernel, vm.protocol))
     plan = plan_guest(kernel, config)
     report = build_report(kernel, config, plan)
     emit_report(report, args.json, print_report)

@@ -18,10 +18,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._util import parse_size
+from .vm_options import add_vm_options, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
+HIDDEN_TAIL = 64 << 10  # bytes of the hidden kernel log kept for a failure report
 _EXIT_LINE = re.compile(rb"PVHBOOT-EXIT=(-?\d+)")
 # The kernel arguments `run` always gives: COM1 console, quiet boot log, a panic reboots at once
 # (the VMM turns that into a crash report instead of a guest spinning in panic()).
@@ -114,8 +115,6 @@ def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
         cpio.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
         cpio.add_file("etc/group", b"root:x:0:\n")
         for host, guest in files:
-            if not os.path.isfile(host):
-                raise ConfigError(f"--file {host!r}: no such file")
             cpio.add_file_from(guest, host)
         cpio.add_file("init", render_init(cmd).encode(), mode=0o755)
 
@@ -151,7 +150,7 @@ class ConsoleFilter:
         self.out = out
         self.started = False
         self.exit_status: int | None = None
-        self.hidden = bytearray()  # the kernel log before the command, for failure reports
+        self.hidden = bytearray()  # the end of the kernel log before the command, for failure reports
         self._line = bytearray()  # the current line when it may still turn out to be a marker
         self._mid_line = False  # bytes of the current line were already passed on
         self._cr = False  # a CR held back: it may be the first half of a CR LF
@@ -175,6 +174,11 @@ class ConsoleFilter:
             b, self._cr = b[:-1], True
         self.out.write(b)
 
+    def _hide(self, data: bytes) -> None:
+        self.hidden += data
+        if len(self.hidden) > 2 * HIDDEN_TAIL:  # keep the tail only (the report shows 40 lines)
+            del self.hidden[:-HIDDEN_TAIL]
+
     def _feed(self, chunk: bytes) -> None:
         if self.exit_status is not None:
             return  # after the exit marker only poweroff noise follows
@@ -183,6 +187,10 @@ class ConsoleFilter:
             self._mid_line = not chunk.endswith(b"\n")
             return
         self._line += chunk
+        if not self.started and len(self._line) > HIDDEN_TAIL:
+            self._hide(bytes(self._line))  # a line that long is no marker: memory stays bounded
+            self._line.clear()
+            return
         if not self._line.endswith(b"\n"):
             text = bytes(self._line).lstrip(b"\r")
             if self.started and not (BEGIN_MARKER.startswith(text) or EXIT_MARKER.startswith(text)
@@ -198,7 +206,7 @@ class ConsoleFilter:
             if stripped == BEGIN_MARKER:
                 self.started = True
             else:
-                self.hidden += line
+                self._hide(line)
             return
         m = _EXIT_LINE.fullmatch(stripped)
         if m:
@@ -215,10 +223,7 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    p.add_argument("--memory", default="256M", help="guest RAM (default 256M)")
-    p.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
-    p.add_argument("--protocol", default="auto", choices=("auto", "pvh", "linux32", "linux64"))
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol"), memory="256M")
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
@@ -229,9 +234,13 @@ def add_parser(subparsers):
 
 
 def _parse_files(specs: list[str]) -> list[tuple[str, str]]:
+    """(host, guest) pairs; each host file a regular file that fits an initrd (pvhboot.files)."""
+    from ..files import INITRD_LIMIT, check_regular
+
     pairs = []
     for spec in specs:
         host, _, guest = spec.partition(":")
+        check_regular(host, "--file", INITRD_LIMIT)
         pairs.append((host, guest or host))
     return pairs
 
@@ -242,20 +251,18 @@ def run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise ConfigError("no command given (usage: pvhboot run [options] -- CMD ARGS...)")
-    if args.cpus < 1:
-        raise ConfigError(f"--cpus must be at least 1, not {args.cpus}")
-    memory = parse_size(args.memory)
+    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
+    config = vm_config_from_args(args, cmdline=cmdline)  # the options, checked before any work
     files = _parse_files(args.file)
     busybox = find_busybox()
     if args.initramfs_out:
-        from ._util import write_atomically
+        from ..files import write_output
+
         buf = io.BytesIO()
         write_run_initramfs(buf, cmd, busybox=busybox, files=files)
-        write_atomically(args.initramfs_out, [buf.getvalue()])
+        write_output(args.initramfs_out, [buf.getvalue()], "--initramfs-out")
         return 0
     kernel = Path(args.kernel) if args.kernel else find_kernel()
-    if not kernel.is_file():
-        raise ConfigError(f"kernel {str(kernel)!r} is not a file")
     try:
         from ..vmm import MicroVM
     except ImportError as e:  # the VMM is a separate layer; say so rather than a traceback
@@ -266,15 +273,13 @@ def run(args) -> int:
         print("pvhboot run: note: /dev/kvm here is kvm_pvm, where an unmodified Linux does not boot "
               "(platform.md); use a hardware KVM or the nested rig (python3 -m pvhboot.rig)",
               file=sys.stderr)
-    cmdline = f"{BASE_CMDLINE} {args.append}".strip()
     console = ConsoleFilter(sys.stdout.buffer)
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
             write_run_initramfs(f, cmd, busybox=busybox, files=files)
-        vm = MicroVM(kernel=str(kernel), initrd=initrd, cmdline=cmdline, memory=memory,
-                     cpus=args.cpus, protocol=args.protocol, console=console,
-                     timeout=args.timeout, stdin=sys.stdin is not None and sys.stdin.isatty())
+        vm = MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd), console=console,
+                     stdin=sys.stdin is not None and sys.stdin.isatty())
         record = vm.run()
     if console.exit_status is not None:
         return console.exit_status

@@ -3,6 +3,10 @@
 Register at port 0xF4 with :data:`PIO_LENGTH` 4.  A write of 1, 2 or 4 bytes at offset 0 raises
 ``VmEvent(DEBUG_EXIT, value=V, source="debug-exit")`` with V exactly as written (the VMM, not the
 device, maps it to an exit status; QEMU's device would report (V << 1) | 1).  Reads return 0.
+
+A process exit status is one byte (wait(2) keeps status & 0xff), so :func:`exit_status` maps V: the
+low byte when it is non-zero (0x101 -> 1, 0x1ff -> 0xff), else 1 for any non-zero V (0x100 -> 1),
+so a guest that reported failure never exits 0.
 """
 from __future__ import annotations
 
@@ -24,3 +28,9 @@ class DebugExit:
         if offset == 0:
             mask = (1 << (8 * size)) - 1
             self._events(VmEvent(VmEventKind.DEBUG_EXIT, value=value & mask, source="debug-exit"))
+
+
+def exit_status(value: int) -> int:
+    """The process exit status for a debug-exit value (see the module docstring)."""
+    low = value & 0xFF
+    return low if low or value == 0 else 1

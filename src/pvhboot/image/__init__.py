@@ -11,6 +11,7 @@ import os
 
 from ..abi.xen_notes import XEN_ELFNOTE
 from ..errors import ImageError
+from ..files import KERNEL_LIMIT, open_regular
 from .bzimage import STARTUP_64_OFFSET, is_bzimage, linux32_entry, linux64_entry, parse_bzimage
 from .elf import ELF_MAGIC, parse_elf, physical_entry
 from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, XenNote
@@ -28,14 +29,18 @@ def map_file(path: str | os.PathLike) -> mmap.mmap:
 
 
 def _map_file(path) -> tuple[mmap.mmap, tuple[int, int, int, int]]:
+    # A regular file of at most KERNEL_LIMIT bytes, opened without blocking (a fifo, /dev/zero, a
+    # directory are refused by pvhboot.files before anything is read).
+    fd = open_regular(path, "kernel", KERNEL_LIMIT, error=ImageError)
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size == 0:
-                raise ImageError(f"{os.fspath(path)}: file is empty, not a kernel")
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), file_identity(st)
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            raise ImageError(f"{os.fspath(path)}: file is empty, not a kernel")
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), file_identity(st)
     except OSError as e:
         raise ImageError(f"cannot read kernel {os.fspath(path)}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -15,6 +15,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from ..errors import ImageError
+from ..files import KERNEL_LIMIT, SYMBOL_MAP_LIMIT, open_regular
 from .elf import _PARSE_ERRORS, ELF_MAGIC, _stream
 from .model import ElfImage
 
@@ -59,13 +60,22 @@ class SymbolTable:
     @classmethod
     def from_system_map(cls, path: str | os.PathLike) -> SymbolTable:
         name = os.fspath(path)
+        fd = open_regular(path, "symbol file", SYMBOL_MAP_LIMIT, error=ImageError)
         try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                lines = f.read().splitlines()
+            with os.fdopen(fd, encoding="ascii", errors="replace", closefd=False) as f:
+                return cls._parse_system_map(f, name)
         except OSError as e:
             raise ImageError(f"cannot read symbol file {name}: {e.strerror or e}") from None
-        symbols, end = [], None
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def _parse_system_map(cls, lines, name: str) -> SymbolTable:
+        """``lines``: an iterable of System.map lines (a text file: read line by line, never whole)."""
+        symbols, end, first = [], None, None
         for line in lines:
+            if first is None:
+                first = line.rstrip("\n")[:100]
             parts = line.split()
             if len(parts) < 3 or len(parts[1]) != 1:
                 continue
@@ -78,15 +88,13 @@ class SymbolTable:
             if parts[1] in _TEXT_TYPES:
                 symbols.append(Symbol(addr, parts[2]))
         if not symbols:
-            first = lines[0][:100] if lines else ""
             raise ImageError(f"{name}: no text symbols found (expected System.map lines like "
-                             f"'ffffffff81000000 T _text'; first line: {first!r})")
+                             f"'ffffffff81000000 T _text'; first line: {first or ''!r})")
         return cls(symbols, end=end, source=name)
 
     @classmethod
-    def from_elf(cls, elf: ElfImage | bytes | str | os.PathLike) -> SymbolTable:
+    def from_elf(cls, elf: ElfImage | bytes | str | os.PathLike, source: str = "ELF") -> SymbolTable:
         """From an ELF's .symtab (an ElfImage, the file's bytes, or a path)."""
-        source = "ELF"
         if isinstance(elf, (str, os.PathLike)):
             from . import map_file
 
@@ -124,10 +132,17 @@ class SymbolTable:
 
 
 def load_symbols(path: str | os.PathLike) -> SymbolTable:
-    """A System.map or an ELF with .symtab, told apart by the ELF magic."""
+    """A System.map or an ELF with .symtab, told apart by the ELF magic.  A regular file only: an
+    ELF is mapped (at most KERNEL_LIMIT bytes), a System.map read line by line (SYMBOL_MAP_LIMIT)."""
+    fd = open_regular(path, "symbol file", KERNEL_LIMIT, error=ImageError)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        magic = os.pread(fd, 4, 0)
+        if magic == ELF_MAGIC:
+            import mmap
+
+            return SymbolTable.from_elf(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), source=os.fspath(path))
     except OSError as e:
         raise ImageError(f"cannot read symbol file {os.fspath(path)}: {e.strerror or e}") from None
-    return SymbolTable.from_elf(path) if magic == ELF_MAGIC else SymbolTable.from_system_map(path)
+    finally:
+        os.close(fd)
+    return SymbolTable.from_system_map(path)

@@ -23,6 +23,29 @@ _libc_mmap = None
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 
 
+# MAP_NORESERVE (asm-generic/mman-common.h; Python's mmap module names it only from 3.12): no swap
+# or commit charge is reserved up front, so a guest may be given more RAM than the host has free, as
+# QEMU allows `-m 64G` on a smaller host: pages are backed when the guest first touches them.  With
+# vm.overcommit_memory=2 the kernel ignores it and refuses what it cannot commit (mmap(2)).
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+def map_guest_ram(gpa: int, size: int) -> mmap.mmap:
+    """The host mapping behind one RAM range: anonymous, private, lazily backed (MAP_NORESERVE),
+    transparent huge pages advised.  LayoutError (one line for the user) when the host refuses
+    (address space or overcommit limits).  The one place that creates guest RAM mappings."""
+    try:
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    except OSError as e:
+        raise LayoutError(f"the host cannot map {size >> 20} MiB of guest RAM at {gpa:#x} "
+                          f"({e.strerror or e}); give the guest less --memory") from None
+    try:
+        m.madvise(_MADV_HUGEPAGE)
+    except (OSError, AttributeError):
+        pass
+    return m
+
+
 @dataclass
 class MemoryRegion:
     """One contiguous guest-physical RAM range and the host mapping behind it."""
@@ -52,12 +75,7 @@ class GuestMemory:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} is not page aligned")
                 if self.regions and gpa < self.regions[-1].end:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} overlaps another")
-                m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                try:
-                    m.madvise(_MADV_HUGEPAGE)
-                except (OSError, AttributeError):
-                    pass
-                self.regions.append(MemoryRegion(gpa, size, m))
+                self.regions.append(MemoryRegion(gpa, size, map_guest_ram(gpa, size)))
         except BaseException:
             self.close()
             raise

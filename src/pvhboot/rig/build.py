@@ -55,6 +55,9 @@ KVM_MODULES = (("irqbypass", "kernel/virt/lib/irqbypass"),
                ("kvm", "kernel/arch/x86/kvm/kvm"),
                ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd"))
 
+# Seconds between the outer guest's RIG-HEARTBEAT lines (its watchdog, in INIT_SCRIPT).
+HEARTBEAT_S = 10
+
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # The nested rig's /init (pvhboot.rig.build): bring up a KVM host inside QEMU TCG, run
 # /rig/cmd.sh, report "RIG-RESULT rc=N" and power off.  Lines starting RIG- are parsed by the host.
@@ -84,12 +87,22 @@ echo "RIG-READY kvm=/dev/kvm nested_paging=$npt uptime=$(cut -d' ' -f1 /proc/upt
 export HOME=/tmp PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin PYTHONDONTWRITEBYTECODE=1
 export PVHBOOT_KERNEL=/rig/guest/vmlinuz TERM=dumb
 cd /rig/work 2>/dev/null || cd /tmp
+# The watchdog: a heartbeat line every @HEARTBEAT_S@ seconds of the outer guest's own clock, with
+# the state worth seeing when it stops.  The host (pvhboot.rig.launch) treats a console silent for
+# much longer than that as an outer guest that has stopped (its clock or its interrupts), not as a
+# slow command, and ends the run with a diagnosis instead of waiting for the whole timeout.
+(n=0; while sleep @HEARTBEAT_S@; do n=$((n + @HEARTBEAT_S@))
+    echo "RIG-HEARTBEAT t=$n uptime=$(cut -d' ' -f1 /proc/uptime) load=$(cut -d' ' -f1-4 /proc/loadavg) memfree_kb=$(awk '/MemFree/ {print $2}' /proc/meminfo)"
+done) &
+hb=$!
+echo $hb > /run/rig-heartbeat.pid  # for the rig's own test of a silent outer guest
 echo "RIG-BEGIN"
 sh /rig/cmd.sh </dev/null 2>&1
 rc=$?
+kill $hb 2>/dev/null
 echo "RIG-RESULT rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
-"""  # noqa: E501 (two script lines carry whole messages the host parses or shows)
+""".replace("@HEARTBEAT_S@", str(HEARTBEAT_S))  # noqa: E501 (script lines carry whole messages the host parses or shows)
 
 
 class RigBuildError(RuntimeError):

@@ -1,17 +1,23 @@
 """Start the nested rig under QEMU TCG and run one shell script inside it.
 
-``run_in_rig(cmd, timeout)`` boots ``qemu-system-x86_64 -M microvm,accel=tcg -cpu max`` with the
-cloud vmlinux and the cached rig archive followed by a small per-run archive holding /rig/cmd.sh,
+``run_in_rig(cmd, timeout)`` boots ``qemu-system-x86_64 -M microvm,accel=tcg -cpu max -smp 2`` with
+the cloud vmlinux and the cached rig archive followed by a small per-run archive holding /rig/cmd.sh,
 then reads the console: the rig's /init (pvhboot.rig.build.INIT_SCRIPT) prints ``RIG-READY`` once
-kvm_amd is loaded, ``RIG-BEGIN`` before the command and ``RIG-RESULT rc=N`` after it.  When the rig
-does not come up, :class:`RigError` says why (no SVM, kvm_amd refused, out of memory, a kernel
-panic, or a timeout with the last console lines) instead of timing out silently.
+kvm_amd is loaded, ``RIG-BEGIN`` before the command, a ``RIG-HEARTBEAT`` line every
+:data:`~pvhboot.rig.build.HEARTBEAT_S` seconds while it runs, and ``RIG-RESULT rc=N`` after it.
+When the rig does not come up or stops, :class:`RigError` says why (no SVM, kvm_amd refused, out of
+memory, a kernel panic, an outer guest that went silent with the outer vCPUs' registers from QEMU's
+monitor, or a timeout with the last console lines) instead of timing out silently.  An outer guest
+that never came up or that stopped is an infrastructure failure, not a result: it is started again
+(``attempts``), its console kept.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +26,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build import CACHE_DIR, build_rig, outer_kernel, write_command_archive
+from .build import CACHE_DIR, HEARTBEAT_S, build_rig, outer_kernel, write_command_archive
 
 # The whole console of the latest rig run (see _run_qemu).
 CONSOLE_LOG = CACHE_DIR / "last-console.log"
 # The rig reports RIG-READY ~3.3 s after QEMU starts here; 90 s means it is stuck, not slow.
 READY_TIMEOUT_S = 90.0
+# While the command runs the outer guest prints a heartbeat every HEARTBEAT_S seconds of its own
+# time; six missed beats in a row mean the outer guest has stopped (its clock or its interrupts),
+# which is what the rig tier's hangs on Intel machines looked like (platform.md), not a slow test.
+STALL_TIMEOUT_S = 6.0 * HEARTBEAT_S
+# Outer vCPUs.  With one, an inner boot with 2 vCPUs could livelock the outer guest under TCG's
+# nested SVM: the two inner vCPU threads share the one outer vCPU and the outer guest never got
+# control back (QEMU at 100% CPU, no inner timeout firing; seen 3 runs of 4 on an Intel Xeon
+# machine); with two, the same inner boot finished every time (platform.md, "The nested rig can
+# livelock with one outer vCPU").
+OUTER_CPUS = 2
 
 QEMU = "qemu-system-x86_64"
 # loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
-OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off"
+# tsc=reliable: under TCG the guest's TSC is the host's (QEMU reads the host TSC), constant and
+# monotonic, but on a loaded host the outer kernel's clocksource watchdog sees jiffies fall behind
+# it and marks the TSC unstable ("skew is too large", seen in this rig), moving timekeeping onto
+# tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
@@ -57,11 +77,16 @@ class RigError(RuntimeError):
 
 
 class RigNotReady(RigError):
-    """The outer kernel showed no sign of life in time (run_in_rig retries once)."""
+    """The outer kernel showed no sign of life in time (run_in_rig starts it again)."""
 
     def __init__(self, message: str, console: str, waited: float) -> None:
         super().__init__(message, console)
         self.waited = waited
+
+
+class RigStalled(RigError):
+    """The outer guest went silent while the command ran: no heartbeat for STALL_TIMEOUT_S
+    (run_in_rig starts it again).  The message carries QEMU's view of the outer vCPUs."""
 
 
 @dataclass
@@ -72,6 +97,7 @@ class RigResult:
     ready_time: float | None = None  # seconds from QEMU start to RIG-READY (kvm_amd loaded)
     console: str = ""  # the whole console, kernel messages included
     stages: dict[str, float] = field(default_factory=dict)
+    attempts: int = 1  # outer boots it took (> 1: an earlier one never came up or stalled)
 
 
 def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool,
@@ -103,14 +129,17 @@ def _diagnose(lines: list[str], timed_out: bool, timeout: float, ready: bool,
 
 def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, bytes] | None = None,
                memory: str = "3G", rebuild: bool = False, echo=None,
-               ready_timeout: float = READY_TIMEOUT_S) -> RigResult:
+               ready_timeout: float = READY_TIMEOUT_S, stall_timeout: float = STALL_TIMEOUT_S,
+               attempts: int = 2) -> RigResult:
     """Run ``cmd`` (argv list, or a shell script as one string) inside the rig as root.
 
     ``files`` maps guest paths ("rig/work/t.py") to contents placed beside the command.
     ``echo(line)`` receives every console line as it arrives (for progress output).
-    Raises :class:`RigError` when the rig does not come up or the command does not finish.  A rig
-    that shows no sign of life (no RIG-READY, no failure, no panic) within ``ready_timeout`` seconds
-    is started once more."""
+    ``timeout`` bounds one outer boot.  Raises :class:`RigError` when the rig does not come up or
+    the command does not finish.  An outer guest that shows no sign of life (no RIG-READY, no
+    failure, no panic) within ``ready_timeout`` seconds, or whose console goes silent for
+    ``stall_timeout`` seconds while the command runs, is started again, up to ``attempts`` boots in
+    all: the command must be safe to run twice (every rig test's is: it boots guests)."""
     if not shutil.which(QEMU):
         raise RigError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
     script = cmd if isinstance(cmd, str) else shlex.join(cmd)
@@ -125,26 +154,73 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
             write_command_archive(f, "#!/bin/sh\n" + script + "\n", files)
         khz = _host_tsc_khz()
         cmdline = OUTER_CMDLINE + (f" tsc_early_khz={khz}" if khz else "")
-        argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", "1",
+        qmp = Path(tmp) / "qmp.sock"
+        argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", str(OUTER_CPUS),
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-                "-nographic", "-no-reboot", "-monitor", "none"]
-        try:
-            return _run_qemu(argv, timeout, echo, ready_timeout)
-        except RigNotReady as first:
-            # The outer kernel under TCG (rarely) stalls before kvm_amd is up — an infrastructure
-            # failure that says nothing about pvhboot: keep its console and try once more.
-            shutil.copyfile(CONSOLE_LOG, CONSOLE_LOG.with_name("last-console-not-ready.log"))
-            print(f"rig: {str(first).splitlines()[0]}; retrying once "
-                  f"(console kept in {CONSOLE_LOG.with_name('last-console-not-ready.log')})", file=sys.stderr)
-            return _run_qemu(argv, max(timeout - first.waited, ready_timeout), echo, ready_timeout)
+                "-nographic", "-no-reboot", "-monitor", "none",
+                "-qmp", f"unix:{qmp},server=on,wait=off"]
+        for attempt in range(1, attempts + 1):
+            try:
+                res = _run_qemu(argv, timeout, echo, ready_timeout, stall_timeout, qmp)
+                res.attempts = attempt
+                return res
+            except (RigNotReady, RigStalled) as e:
+                # An infrastructure failure that says nothing about the command: keep its console
+                # and boot the rig again.
+                kept = CONSOLE_LOG.with_name(f"last-console-attempt{attempt}.log")
+                shutil.copyfile(CONSOLE_LOG, kept)
+                if attempt == attempts:
+                    raise
+                print(f"rig: {str(e).splitlines()[0]}; starting it again (console kept in {kept})",
+                      file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float) -> RigResult:
+def _qmp_outer_state(path: Path | None, timeout: float = 5.0) -> str:
+    """QEMU's view of the outer vCPUs (``info cpus`` and each vCPU's RIP/flags/CR0) through its QMP
+    socket, for the diagnosis of a silent outer guest.  Best effort: '' when QEMU does not answer."""
+    if path is None or not path.exists():
+        return ""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            stream = sock.makefile("rwb")
+
+            def call(command: dict) -> dict:
+                stream.write(json.dumps(command).encode() + b"\n")
+                stream.flush()
+                while True:  # skip asynchronous events
+                    reply = json.loads(stream.readline() or b"{}")
+                    if "event" not in reply:
+                        return reply
+
+            json.loads(stream.readline() or b"{}")  # the greeting
+            call({"execute": "qmp_capabilities"})
+            out = []
+            for hmp in ("info cpus", "info registers -a"):
+                reply = call({"execute": "human-monitor-command", "arguments": {"command-line": hmp}})
+                out.append(str(reply.get("return", reply.get("error", ""))))
+            return "\n".join(out)
+    except (OSError, ValueError) as e:
+        return f"(QEMU's monitor did not answer: {e})"
+
+
+def _summarise_registers(dump: str) -> str:
+    """The lines of an ``info cpus`` + ``info registers -a`` dump worth a failure message."""
+    keep = [ln for ln in dump.splitlines()
+            if ln.startswith(("* CPU", "  CPU", "CPU#", "RAX", "RIP", "CR0", "RSP")) or "halted" in ln]
+    return "\n".join(f"  | {ln}" for ln in keep[:40])
+
+
+def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
+              stall_timeout: float = STALL_TIMEOUT_S, qmp: Path | None = None) -> RigResult:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     lines: list[str] = []
     stages: dict[str, float] = {}
+    last_line = [start]  # monotonic time of the latest console line (the reader thread sets it)
 
     # Every console line also goes to CONSOLE_LOG, so a run that a test harness kills still leaves
     # its whole console behind.
@@ -154,6 +230,7 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float) -> Ri
         assert proc.stdout is not None
         with open(CONSOLE_LOG, "w", encoding="utf-8", errors="replace") as log:
             for raw in proc.stdout:
+                last_line[0] = time.monotonic()
                 line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
                 lines.append(line)
                 log.write(line + "\n")
@@ -166,24 +243,40 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float) -> Ri
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    timed_out = False
-    not_ready = False
+    timed_out = not_ready = stalled = False
+    outer_state = ""
     while proc.poll() is None:
-        elapsed = time.monotonic() - start
-        if elapsed >= timeout:
+        now = time.monotonic()
+        if now - start >= timeout:
             timed_out = True
-        elif elapsed >= ready_timeout and not stages.keys() & {"RIG-READY", "RIG-FAIL"}:
+        elif now - start >= ready_timeout and not stages.keys() & {"RIG-READY", "RIG-FAIL"}:
             not_ready = True
-        if timed_out or not_ready:
+        elif ("RIG-BEGIN" in stages and "RIG-RESULT" not in stages
+              and now - last_line[0] >= stall_timeout):
+            stalled = True
+            outer_state = _qmp_outer_state(qmp)  # before the kill: where the outer vCPUs are
+        if timed_out or not_ready or stalled:
             proc.kill()
             proc.wait()
             break
         time.sleep(0.2)
     t.join(5)
+    if outer_state:
+        with open(CONSOLE_LOG, "a", encoding="utf-8") as log:
+            log.write("--- QEMU monitor: info cpus / info registers -a (outer guest stalled) ---\n")
+            log.write(outer_state + "\n")
     if not_ready and not any("Kernel panic" in ln or "Out of memory" in ln for ln in lines):
         raise RigNotReady(f"rig not ready (no RIG-READY) after {ready_timeout:.0f} s: "
                           + _diagnose(lines, True, ready_timeout, False), "\n".join(lines),
                           time.monotonic() - start)
+    if stalled:
+        silent = time.monotonic() - last_line[0]
+        tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
+        raise RigStalled(f"rig stalled: the outer guest printed nothing (not even its heartbeat) for "
+                         f"{silent:.0f} s while running the command, {time.monotonic() - start:.0f} s "
+                         f"after QEMU started; last console lines:\n{tail}\n"
+                         f"outer vCPUs (QEMU monitor):\n{_summarise_registers(outer_state)}",
+                         "\n".join(lines))
     wall = time.monotonic() - start
     console = "\n".join(lines)
     begin = next((i for i, ln in enumerate(lines) if ln.startswith("RIG-BEGIN")), None)
@@ -194,10 +287,12 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float) -> Ri
                                  proc.returncode), console)
     m = _RESULT.search(lines[result])
     rc = int(m.group(1))
-    output = "\n".join(lines[begin + 1:result] + [lines[result][:m.start()]])
+    # The watchdog's heartbeat lines are the rig's, not the command's.
+    body = [ln for ln in lines[begin + 1:result] if not ln.startswith("RIG-HEARTBEAT")]
+    output = "\n".join(body + [lines[result][:m.start()]])
     return RigResult(rc=rc, output=output.rstrip("\n") + "\n" if output.strip("\n") else "",
                      wall_time=wall,
                      ready_time=stages.get("RIG-READY"), console=console, stages=stages)
 
 
-__all__ = ["RigError", "RigResult", "run_in_rig"]
+__all__ = ["RigError", "RigNotReady", "RigResult", "RigStalled", "run_in_rig"]

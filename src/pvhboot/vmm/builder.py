@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from ..abi import kvm as abi
 from ..boot.config import resolve_protocol
 from ..boot.cpu_state import CpuState
-from ..boot.plan import MAX_CPUS  # xAPIC ids are 8 bits; the MADT lists xAPIC entries
 from ..errors import ConfigError, KvmError
 from ..memory import layout
+from .config import VmConfig, check_cpus, check_timeout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
 from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
@@ -32,9 +32,10 @@ class VmExit:
     exit_code: int  # the guest's: 0 for poweroff, the debug-exit value, 1 for a crash or timeout
     wall_time_s: float  # first KVM_RUN to the stop
     boot_markers: list[tuple[int, float]] = field(default_factory=list)  # (code, seconds since start)
-    console: bytes = b""
+    console: bytes = b""  # the last CONSOLE_TAIL bytes the guest printed (all of a shorter output)
     crash_report: str | None = None
     events: list[dict] = field(default_factory=list)  # every device event, in order
+    console_total: int = 0  # bytes the guest printed in all (more than len(console) when cut)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -48,17 +49,30 @@ class VmExit:
         return json.dumps(self.to_json(), indent=2).encode() + b"\n"
 
 
-class ConsoleOutput:
-    """Guest console bytes to a stream (stdout by default, None for silence) and captured in memory."""
+CONSOLE_TAIL = 64 << 10
+"""Bytes of guest console kept in memory for the exit record (VmExit.console): the end of the output,
+where a crash or the probe's verdict is.  Whatever the guest prints, the VMM holds no more than this
+(the rest is streamed out, or dropped when the console is silent)."""
 
-    def __init__(self, stream=None, capture: bool = True):
+
+class ConsoleOutput:
+    """Guest console bytes to a stream (stdout by default, None for silence), and the last ``tail``
+    bytes kept in memory (``capture``) for the exit record."""
+
+    def __init__(self, stream=None, capture: bool = True, tail: int = CONSOLE_TAIL):
         self._stream = stream
+        self._tail = tail
         self._buf = bytearray() if capture else None
+        self.total = 0  # bytes the guest printed
         self._broken = False
 
     def __call__(self, data: bytes) -> None:
-        if self._buf is not None:
-            self._buf += data
+        self.total += len(data)
+        buf = self._buf
+        if buf is not None:
+            buf += data[-self._tail:]
+            if len(buf) > 2 * self._tail:  # trim in bulk: amortized O(1) per byte
+                del buf[:-self._tail]
         if self._stream is not None and not self._broken:
             try:
                 self._stream.write(data)
@@ -68,7 +82,8 @@ class ConsoleOutput:
 
     @property
     def captured(self) -> bytes:
-        return bytes(self._buf or b"")
+        """The last ``tail`` bytes of the console (all of it when it was shorter)."""
+        return bytes(self._buf or b"")[-self._tail:]
 
 
 def _default_stream():
@@ -92,15 +107,11 @@ class Machine:
                  coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
         from ..kvm import Kvm, is_kvm_pvm
 
-        if not 1 <= cpus <= MAX_CPUS:
-            raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
+        self.cpus = check_cpus(cpus)
         if cpus > 1 and not irqchip:
             raise ConfigError("more than one vCPU needs the in-kernel irqchip (INIT/SIPI)")
-        if timeout is not None and timeout <= 0:
-            raise ConfigError(f"invalid timeout {timeout} (seconds > 0)")
+        self.timeout = check_timeout(timeout)
         self.mem = mem
-        self.cpus = cpus
-        self.timeout = timeout
         self.symbols = symbols
         self.phys_to_virt = phys_to_virt
         self.on_kvm_pvm = is_kvm_pvm()
@@ -330,7 +341,8 @@ class Machine:
         events = [{"kind": e.kind.value, "value": e.value, "source": e.source,
                    "seconds": (e.time_ns - self._start_ns) / 1e9} for e in self._events]
         return VmExit(reason=reason, exit_code=code, wall_time_s=wall, boot_markers=list(self._markers),
-                      console=self.console.captured, crash_report=report, events=events)
+                      console=self.console.captured, crash_report=report, events=events,
+                      console_total=self.console.total)
 
     # --- teardown ---
     def close(self) -> None:
@@ -368,24 +380,19 @@ class MicroVM:
     written and before the first KVM_RUN (mutation tests break one ABI rule with it).
     """
 
-    def __init__(self, kernel: str | None = None, initrd: str | None = None, cmdline: str = "",
-                 memory: int = 512 << 20, cpus: int = 1, protocol: str = "auto", console="stdout",
-                 timeout: float | None = None, symbols: str | None = None, mutate=None, stdin: bool = False,
-                 coalesced_uart: bool = True):
-        from ..boot.config import PROTOCOLS
-
-        if protocol not in ("auto", *PROTOCOLS):
-            raise ConfigError(f"unknown protocol {protocol!r} (auto, {', '.join(PROTOCOLS)})")
-        if not 1 <= cpus <= MAX_CPUS:
-            raise ConfigError(f"invalid vCPU count {cpus} (1..{MAX_CPUS})")
-        if kernel is None:
-            kernel = _builtin_probe()
-        self.kernel_path = kernel
-        self.initrd, self.cmdline, self.memory, self.cpus = initrd, cmdline, memory, cpus
-        self.requested_protocol = protocol
-        self.console, self.timeout, self.symbols_path, self.mutate = console, timeout, symbols, mutate
-        self.stdin = stdin
-        self.coalesced_uart = coalesced_uart  # see Machine
+    def __init__(self, kernel: str | None = None, *, config: VmConfig | None = None, console="stdout",
+                 mutate=None, stdin: bool = False, **options):
+        # ``config``: the validated options (what the commands pass).  Without one, the keyword
+        # options (memory=, cpus=, ...: VmConfig's fields) make one, for the Python API and tests.
+        if config is None:
+            config = VmConfig(kernel=kernel, **options)
+        elif kernel is not None or options:
+            raise TypeError("MicroVM takes either a VmConfig or keyword options, not both")
+        if config.kernel is None:
+            config = config.with_(kernel=_builtin_probe())
+        self.config = config
+        self.kernel_path = config.kernel
+        self.console, self.mutate, self.stdin = console, mutate, stdin
         self.image = None
         self.loaded = None
         self.mem = None
@@ -419,21 +426,20 @@ class MicroVM:
     def build(self) -> Machine:
         """Load the kernel and boot structures and assemble the Machine (no guest code runs yet)."""
         from ..boot import load_guest, plan_guest
-        from ..boot.config import BootConfig
         from ..image import load_kernel
         from ..memory import GuestMemory
 
         try:
             self.image = load_kernel(self.kernel_path)
-            self.protocol = self.resolve_protocol(self.image, self.requested_protocol)
-            config = BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                                protocol=self.protocol)
+            vm = self.config
+            self.protocol = self.resolve_protocol(self.image, vm.protocol)
+            config = vm.boot_config(self.protocol)
             # --symbols is loaded now (a bad file is the user's error, before the guest runs); the
             # kernel's own .symtab only when a report needs it (seconds for a distro vmlinux).
-            if self.symbols_path:
+            if vm.symbols:
                 from .crash import load_symbol_table
 
-                symbols = load_symbol_table(self.symbols_path)
+                symbols = load_symbol_table(vm.symbols)
             else:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
@@ -442,9 +448,9 @@ class MicroVM:
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
             self.loaded = loaded
-            self.machine = Machine(self.mem, loaded.cpu, cpus=self.cpus, console=self.console,
-                                   timeout=self.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=self.coalesced_uart)
+            self.machine = Machine(self.mem, loaded.cpu, cpus=vm.cpus, console=self.console,
+                                   timeout=vm.timeout, symbols=symbols, stdin=self.stdin,
+                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=vm.coalesced_uart)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise

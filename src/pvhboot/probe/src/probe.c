@@ -266,15 +266,31 @@ static int overlaps_ram(u64 addr, u64 size)
     return 0;
 }
 
-/* The map rules shared by start_info's memmap and boot_params' e820 table. */
+/* The map rules shared by start_info's memmap and boot_params' e820 table.  Each defect has its own
+ * rule: an empty entry (size 0, as qboot appends one) is neither an ordering nor a type error, so
+ * the order and type checks look at the non-empty entries only and `*_no_empty` names the empty
+ * ones (Linux's e820 sanitizer drops zero-size entries, then sorts). */
 static void check_map(const char *prefix)
 {
-    int sorted = 1, disjoint = 1, types = 1, bad_i = -1, bad_j = -1, bad_t = -1;
-    for (int i = 1; i < nmap; i++)
-        if (map[i].addr < map[i - 1].addr && sorted) {
+    int sorted = 1, disjoint = 1, types = 1, bad_i = -1, bad_prev = -1, bad_j = -1, bad_t = -1;
+    int empty = 0, first_empty = -1, prev = -1;
+    for (int i = 0; i < nmap; i++) {
+        if (map[i].size == 0) {
+            if (!empty++)
+                first_empty = i;
+            continue;
+        }
+        if (prev >= 0 && map[i].addr < map[prev].addr && sorted) {
             sorted = 0;
             bad_i = i;
+            bad_prev = prev;
         }
+        if ((map[i].type < 1 || map[i].type > 7) && types) {
+            types = 0;
+            bad_t = i;
+        }
+        prev = i;
+    }
     for (int i = 0; i < nmap && disjoint; i++)
         for (int j = i + 1; j < nmap; j++)
             if (overlaps(map[i].addr, map[i].size, map[j].addr, map[j].size)) {
@@ -282,29 +298,26 @@ static void check_map(const char *prefix)
                 bad_j = i * 1000 + j;
                 break;
             }
-    for (int i = 0; i < nmap; i++)
-        if (map[i].type < 1 || map[i].type > 7 || map[i].size == 0) {
-            types = 0;
-            bad_t = i;
-            break;
-        }
-    char name[48];
-    int n = 0;
-    for (const char *p = prefix; *p; p++) name[n++] = *p;
-    name[n] = 0;
+    static const char sorted_ok[] = "ascending addresses", sorted_bad[] = "entry %d (%lx) below entry %d (%lx)";
+    static const char types_ok[] = "types 1..7", types_bad[] = "entry %d: type %u";
+    static const char empty_ok[] = "no zero-size entry", empty_bad[] = "%d empty, first: entry %d (addr %lx size 0 type %u)";
+    u64 sa = bad_i >= 0 ? map[bad_i].addr : 0, pa = bad_prev >= 0 ? map[bad_prev].addr : 0;
+    u32 tt = bad_t >= 0 ? map[bad_t].type : 0, et = first_empty >= 0 ? map[first_empty].type : 0;
+    u64 ea = first_empty >= 0 ? map[first_empty].addr : 0;
     /* rule names must stay constant strings (they are kept in failed[]) */
     if (prefix[0] == 's') {
-        rule("start_info.memmap_sorted", ok(sorted), sorted ? "ascending addresses" : "entry %d below entry %d", bad_i, bad_i - 1);
+        rule("start_info.memmap_sorted", ok(sorted), sorted ? sorted_ok : sorted_bad, bad_i, sa, bad_prev, pa);
         rule("start_info.memmap_nonoverlap", ok(disjoint), disjoint ? "no two entries overlap" : "entries %d and %d overlap", bad_j / 1000, bad_j % 1000);
-        rule("start_info.memmap_types", ok(types), types ? "types 1..7, sizes > 0" : "entry %d: type %u size %lx", bad_t, bad_t >= 0 ? map[bad_t].type : 0, bad_t >= 0 ? map[bad_t].size : 0);
+        rule("start_info.memmap_types", ok(types), types ? types_ok : types_bad, bad_t, tt);
+        rule("start_info.memmap_no_empty", ok(!empty), empty ? empty_bad : empty_ok, empty, first_empty, ea, et);
         rule("start_info.memmap_covers_probe", ok(in_ram(IMAGE_START, IMAGE_END - IMAGE_START)), "probe image %lx-%lx", IMAGE_START, IMAGE_END);
     } else {
-        rule("boot_params.e820_sorted", ok(sorted), sorted ? "ascending addresses" : "entry %d below entry %d", bad_i, bad_i - 1);
+        rule("boot_params.e820_sorted", ok(sorted), sorted ? sorted_ok : sorted_bad, bad_i, sa, bad_prev, pa);
         rule("boot_params.e820_nonoverlap", ok(disjoint), disjoint ? "no two entries overlap" : "entries %d and %d overlap", bad_j / 1000, bad_j % 1000);
-        rule("boot_params.e820_types", ok(types), types ? "types 1..7, sizes > 0" : "entry %d: type %u size %lx", bad_t, bad_t >= 0 ? map[bad_t].type : 0, bad_t >= 0 ? map[bad_t].size : 0);
+        rule("boot_params.e820_types", ok(types), types ? types_ok : types_bad, bad_t, tt);
+        rule("boot_params.e820_no_empty", ok(!empty), empty ? empty_bad : empty_ok, empty, first_empty, ea, et);
         rule("boot_params.e820_covers_probe", ok(in_ram(IMAGE_START, IMAGE_END - IMAGE_START)), "probe image %lx-%lx", IMAGE_START, IMAGE_END);
     }
-    (void)name;
 }
 
 /* ---------------------------------------------------------------- strings */
@@ -448,7 +461,14 @@ static void report_pvh_entry(struct entry_state *st)
         rule("entry.tr_base", ok(d.base == 0), "base=%x", d.base);
         rule("entry.tr_limit", ok(d.limit == 0x67), "limit=%x", d.limit);
     } else {
-        static const char why[] = "tr=%x not in the host GDT (base %x limit %x)";
+        /* head.S reads the descriptor only for a non-null GDT selector within the GDT limit. A null
+         * selector is what Xen itself loads (xen/include/public/hvm/hvm_vcpu.h: vcpu_hvm_x86_32
+         * sets tr_base/tr_limit/tr_ar, no selector) and what qboot leaves: the hidden TSS state may
+         * still be right, but nothing the guest can read shows it. */
+        const char *why = !(st->tr & 0xfff8) ? "tr=%x is the null selector: no TSS descriptor to read, the hidden TR state is invisible to the guest"
+                        : (st->tr & 4) ? "tr=%x selects the LDT, not the host GDT (base %x limit %x)"
+                        : (u32)(st->tr | 7) > gdt_limit ? "tr=%x lies beyond the host GDT limit (base %x limit %x)"
+                        : "tr=%x: reading its descriptor from the host GDT (base %x limit %x) faulted";
         rule("entry.tr_busy", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
         rule("entry.tr_tss32", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
         rule("entry.tr_base", UNVERIFIABLE, why, (u32)st->tr, gdt_base, (u32)gdt_limit);
@@ -535,6 +555,44 @@ static void convert_start_info(u64 si)
          (u32)bp_get(bp, BP_CMD_LINE_PTR, 4), (u32)bp_get(bp, BP_RAMDISK_IMAGE, 4), (u32)bp_get(bp, BP_RAMDISK_SIZE, 4));
 }
 
+/* start_info.h lays out hvm_start_info, hvm_modlist_entry (32 bytes) and hvm_memmap_table_entry
+ * (24 bytes) as uint64_t fields at multiples of 8 bytes, and its C structs have 8-byte alignment: the
+ * struct and each array must start on an 8-byte boundary (then every entry does). */
+static void check_aligned(const char *name, const char *what, u64 addr)
+{
+    u32 off = (u32)(addr & 7);
+    rule(name, ok(!off), off ? "%s %lx is %u bytes past an 8-byte boundary" : "%s %lx is 8-byte aligned", what, addr, off);
+}
+
+/* The boot blobs must not lie on the stack the loader ran on.  pvh.pandoc leaves ESP undefined, so
+ * a kernel never uses it (Linux's pvh_start_xen loads its own stack; recent ones first borrow
+ * start_info for one call), but the value a loader leaves in ESP shows where its own stack was: above
+ * ESP lie the frames of the code that jumped to the kernel (qboot builds the modlist as a local there,
+ * 0x1c above ESP), below ESP the loader's returned-from frames and what any push at the entry
+ * overwrites.  Data there was never set aside for the kernel.  The window is 4 KiB either side,
+ * [ESP - 4 KiB, ESP + 4 KiB): a loader that points ESP at a stack page of its own keeps its boot data
+ * outside it (pvhboot: ESP 0x8ff0 in the page at 0x8000, start_info/modlist/memmap in 0x6000-0x7000,
+ * cmdline at 0x20000).  ESP 0 hands over no stack at all: nothing to overlap. */
+#define ENTRY_STACK_WINDOW 0x1000
+
+static void check_entry_stack(u32 esp)
+{
+    if (!esp) {
+        rule("start_info.not_on_entry_stack", PASS, "esp=0: no stack handed over (pvh.pandoc leaves ESP undefined)");
+        return;
+    }
+    u64 lo = esp > ENTRY_STACK_WINDOW ? esp - ENTRY_STACK_WINDOW : 0, hi = (u64)esp + ENTRY_STACK_WINDOW;
+    for (int i = 0; i < nbusy; i++) {
+        if (!overlaps(busy[i].addr, busy[i].size, lo, hi - lo))
+            continue;
+        s64 d = (s64)busy[i].addr - (s64)esp;
+        rule("start_info.not_on_entry_stack", FAIL, "%s %lx+%lx at esp%c%lx, on the loader's stack (entry esp %x, window %lx-%lx)",
+             busy[i].name, busy[i].addr, busy[i].size, d < 0 ? '-' : '+', (u64)(d < 0 ? -d : d), esp, lo, hi);
+        return;
+    }
+    rule("start_info.not_on_entry_stack", PASS, "%u blobs clear of %lx-%lx (entry esp %x +- 4 KiB)", nbusy, lo, hi, esp);
+}
+
 static void check_start_info(struct entry_state *st)
 {
     u64 si = st->ebx;
@@ -551,6 +609,7 @@ static void check_start_info(struct entry_state *st)
         return;
     }
     rule("entry.ebx", PASS, "ebx=%x magic=%x", st->ebx, magic);
+    check_aligned("start_info.aligned", "start_info", si);
 
     u32 version = rd32(si + 4), flags = rd32(si + 8), nr_modules = rd32(si + 12);
     u64 modlist = rd64(si + 16), cmdline = rd64(si + 24), rsdp = rd64(si + 32);
@@ -580,6 +639,7 @@ static void check_start_info(struct entry_state *st)
         rule("start_info.memmap_entries", ok(memmap_entries <= MAX_MAP), "%u entries", memmap_entries);
         check_map("start_info");
         rule("start_info.memmap_in_ram", ok(in_ram(memmap, 24ul * memmap_entries)), "memmap %lx+%x", memmap, 24 * memmap_entries);
+        check_aligned("start_info.memmap_aligned", "memmap", memmap);
         add_busy("memmap", memmap, 24ul * memmap_entries);
     } else {
         rule("start_info.memmap_present", FAIL, "version %u, memmap_entries %u, memmap_paddr %lx: off Xen, Linux's init_pvh_bootparams() BUG()s without a memmap",
@@ -611,6 +671,8 @@ static void check_start_info(struct entry_state *st)
         int list_ok = modlist && readable(modlist, 32ul * nr_modules);
         rule("start_info.modlist_in_ram", have_map && list_ok ? ok(in_ram(modlist, 32ul * nr_modules)) : list_ok ? UNVERIFIABLE : FAIL,
              "modlist %lx, %u entries", modlist, nr_modules);
+        if (modlist)
+            check_aligned("start_info.modlist_aligned", "modlist", modlist);
         add_busy("modlist", modlist, 32ul * nr_modules);
         int mods_ok = 1, over_probe = 0;
         for (u32 i = 0; list_ok && i < nr_modules; i++) {
@@ -645,6 +707,8 @@ static void check_start_info(struct entry_state *st)
         rule("start_info.modules_in_ram", have_map ? ok(mods_ok) : UNVERIFIABLE, have_map ? "%u modules (data and cmdlines)" : nomap, nr_modules);
         rule("start_info.modules_not_over_probe", ok(!over_probe), "probe image %lx-%lx", IMAGE_START, IMAGE_END);
     }
+
+    check_entry_stack(st->esp);
 
     /* every blob: not over the probe image, and no two overlapping */
     int over = -1, a = -1, b = -1;
