@@ -1,7 +1,7 @@
 """Run every pvhboot benchmark side by side and report: ``python3 -m bench.run`` (``make bench``).
 
 Each measurement is its own script (bench/exit_roundtrip.py, probe_boot.py, builder_time.py,
-console.py, memory.py, rig_boot.py, churn.py), run here as a child process that prints one JSON
+console.py, memory.py, rig_boot.py, churn.py, decompress.py), run here as a child process that prints one JSON
 result line; this collects them, prints the table, and writes bench/results.json (date, machine
 facts, every row and the raw runs), bench/results.md (the table as Markdown, for the README) and
 bench/results.png (ratios against goals; needs matplotlib, skipped with a note when it is absent).
@@ -22,7 +22,7 @@ import time
 
 from . import common
 
-BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn")
+BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn", "decompress")
 RESULTS = common.BENCH_DIR / "results.json"
 MARKDOWN = common.BENCH_DIR / "results.md"
 PLOT = common.BENCH_DIR / "results.png"
@@ -32,7 +32,7 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
     argv = [sys.executable, "-m", f"bench.{name}"]
     if name == "console":
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
-    elif name in ("memory", "churn", "rig_boot"):
+    elif name in ("memory", "churn", "rig_boot", "decompress"):
         argv += ["--repeats", str(min(repeats, 3))]
     else:
         argv += ["--repeats", str(repeats)]

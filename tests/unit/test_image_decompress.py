@@ -221,3 +221,23 @@ def test_bzimage_claim_past_init_size_is_refused_before_decoding():
     with pytest.raises(ImageError, match=r"^bzImage payload's size trailer says 33554433 bytes, more than the "
                                          r"setup header's init_size 0x2000000 the kernel decompresses into"):
         parse_bzimage(imagekit.build_bzimage(payload=payload))
+
+
+def test_output_mapping_refused_by_the_host_is_image_error(monkeypatch):
+    import mmap as mmap_module
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap_module, "mmap", refuse)
+    payload = imagekit.with_size(imagekit.compress("gzip", DATA), len(DATA))
+    with pytest.raises(ImageError, match=f"^cannot map memory for the gzip payload's {len(DATA)} decompressed "
+                                         "bytes: Cannot allocate memory$"):
+        decompress_payload(payload)
+
+
+def test_output_grows_past_its_first_mapping():
+    """Outputs larger than the first 8 MiB mapping are grown in place (mremap) and stay exact."""
+    data = bytes(range(256)) * (40 * MiB // 256) + b"tail"
+    out = decompress_payload(imagekit.with_size(imagekit.compress("zstd", data), len(data)))
+    assert len(out) == len(data) and out[:] == data

@@ -12,8 +12,9 @@ that length.
 Memory is bounded by that claim, never by what the compressed bytes would expand to: the claim is
 checked against :data:`MAX_DECOMPRESSED` (and, for a bzImage, its setup header's init_size) before
 anything is decoded; the decoders are streamed, each call returning at most :data:`OUTPUT_PIECE`
-bytes, into one output buffer that grows as output arrives (a 1 GiB claim on a 49 KB stream costs
-what the stream really produces) and is refused one byte past the claim.  Besides that buffer only
+bytes, into one output buffer, an anonymous mapping grown by mremap (never copied) up to the
+claim (a 1 GiB claim on a 49 KB stream costs what the stream really produces); one byte past the
+claim is refused.  Besides that buffer only
 the codec's own window is held: the lzma/xz dictionary (liblzma memlimit :func:`_lzma_memlimit`)
 and the zstd window (:data:`ZSTD_WINDOW_MAX`), both bounded here.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import mmap
 import struct
 import zlib
 
@@ -80,7 +82,7 @@ def decompressed_size(payload: bytes | memoryview) -> int:
     return struct.unpack_from("<I", payload, len(payload) - SIZE_TRAILER)[0]
 
 
-def decompress_payload(payload: bytes | memoryview, compression: str | None = None) -> bytearray:
+def decompress_payload(payload: bytes | memoryview, compression: str | None = None) -> mmap.mmap | bytearray:
     """Decompress a whole payload (including its 4-byte size trailer) and verify the size.
 
     ImageError (never MemoryError) for a claim over :data:`MAX_DECOMPRESSED`, a stream that
@@ -100,6 +102,18 @@ def decompress_payload(payload: bytes | memoryview, compression: str | None = No
     stream = payload[: len(payload) - SIZE_TRAILER]
     out = _Output(name, expected)
     try:
+        _decode(name, stream, out)
+        if out.size != expected:
+            raise ImageError(f"{name} payload decompressed to {out.size} bytes but its size trailer says {expected}")
+    except BaseException:
+        if isinstance(out.buf, mmap.mmap):
+            out.buf.close()  # now, not when the traceback lets go of it
+        raise
+    return out.buf
+
+
+def _decode(name: str, stream: memoryview, out: _Output) -> None:
+    try:
         _DECODERS[name](stream, out)
     except ImageError:
         raise
@@ -111,34 +125,49 @@ def decompress_payload(payload: bytes | memoryview, compression: str | None = No
         if type(e).__name__ in ("ZstdError", "LZ4BlockError"):
             raise ImageError(f"{name} payload is corrupt: {e}") from None
         raise
-    if len(out.buf) != expected:
-        raise ImageError(
-            f"{name} payload decompressed to {len(out.buf)} bytes but its size trailer says {expected}"
-        )
-    return out.buf
 
 
 class _Output:
-    """The one output buffer.  It grows with what the decoder really produces (a bytearray grows
-    in place, by mremap once large) and refuses anything past the trailer's claim."""
+    """The one output buffer: an anonymous private mapping that doubles (up to the claim) as output
+    arrives.  mremap moves its pages instead of copying them (a realloc'd buffer is copied at the
+    allocator's whim: the Debian lz4 kernel peaked at twice its output that way), untouched pages
+    cost nothing, so resident memory is the output and address space at most twice it; anything
+    past the claim is refused."""
+
+    FIRST = 8 << 20
 
     def __init__(self, codec: str, expected: int) -> None:
-        self.codec, self.expected, self.buf = codec, expected, bytearray()
+        self.codec, self.expected, self.size = codec, expected, 0
+        self.buf: mmap.mmap | bytearray = bytearray()
+        if expected:
+            self.buf = self._mapped(lambda: mmap.mmap(-1, min(expected, self.FIRST),
+                                                      flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+
+    def _mapped(self, make):
+        try:
+            return make()
+        except OSError as e:  # the host (or RLIMIT_AS) cannot give the address space
+            raise ImageError(f"cannot map memory for the {self.codec} payload's {self.expected} decompressed "
+                             f"bytes: {e.strerror or e}") from None
 
     def room(self) -> int:
         """How much the next decoder call may return: one byte past the claim shows an overlong
         stream without decoding the rest of it."""
-        return min(OUTPUT_PIECE, self.expected - len(self.buf) + 1)
+        return min(OUTPUT_PIECE, self.expected - self.size + 1)
 
     def add(self, block) -> None:
-        if len(self.buf) + len(block) > self.expected:
+        end = self.size + len(block)
+        if end > self.expected:
             raise ImageError(f"{self.codec} payload decompresses to more than the {self.expected} bytes "
                              "its size trailer says")
-        self.buf += block
+        if end > len(self.buf):
+            self._mapped(lambda: self.buf.resize(min(self.expected, max(end, 2 * len(self.buf)))))
+        self.buf[self.size:end] = block
+        self.size = end
 
     def truncated(self) -> ImageError:
         return ImageError(f"{self.codec} payload ends before its end-of-stream marker "
-                          f"(after {len(self.buf)} of the {self.expected} bytes its size trailer says)")
+                          f"(after {self.size} of the {self.expected} bytes its size trailer says)")
 
 
 def _pieces(stream: memoryview):
@@ -221,7 +250,7 @@ def _lz4_legacy(stream: memoryview, out: _Output) -> None:
             raise ImageError(f"lz4 payload: block of {size} bytes at offset {pos - 4} runs past the end ({n})")
         # A block holds at most 8 MiB; lz4.block sizes its buffer to `room`, so a block that
         # would run past the claim fails to fit rather than being decoded whole.
-        left = out.expected - len(out.buf) + 1
+        left = out.expected - out.size + 1
         room = min(LZ4_LEGACY_BLOCK_MAX, left)
         try:
             block = lz4.block.decompress(stream[pos : pos + size], uncompressed_size=room)
