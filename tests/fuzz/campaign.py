@@ -8,13 +8,16 @@ Every case is one mutated image (from the seeds below) run in a worker process t
 of four, rich tables in the fourth) and ``extract`` by calling the
 real entry point, :func:`pvhboot.cli.main`, in-process; every ``--cli-every``-th case also runs the
 three commands as real ``python -m pvhboot`` children.  Workers run under RLIMIT_AS
-(``--as-limit``) and nice; the parent gives each case ``--timeout`` seconds.
+(``--as-limit``) and nice; each command of a case gets ``--timeout`` seconds of CPU time (the
+machine is shared: a niced worker can wait for a CPU far longer than it runs) and ``--wall`` seconds
+of wall time (a case blocked without spinning).
 
 A case is
 - a crash: an exception escapes ``main`` (anything that is not pvhboot's own error), an exit status
   other than 0/2, an exit 2 that is not exactly one ``pvhboot: error:`` line, a traceback on a CLI
   child's stderr, or a worker that dies;
-- a hang: no answer within the timeout (the worker is killed and replaced);
+- a hang: a case past its CPU or wall budget (the worker is killed and replaced), or a CLI child
+  past either (RLIMIT_CPU, subprocess timeout);
 - a memory blow-up: MemoryError, or the worker's peak RSS passing ``--rss-limit`` during the case
   (the worker is then replaced, so the next case is measured from a fresh start).
 
@@ -297,31 +300,37 @@ def run_in_process(path: str, out: str, plan_opts: list[str]) -> tuple[str | Non
     return None, ok
 
 
-def _limit_child(as_limit: int) -> None:
+def _limit_child(as_limit: int, cpu: float) -> None:
     os.nice(10)
     resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu) + 1, int(cpu) + 2))  # SIGXCPU past the budget
 
 
-def run_cli_children(path: str, out: str, plan_opts: list[str], as_limit: int, timeout: float) -> str | None:
+def run_cli_children(path: str, out: str, plan_opts: list[str], as_limit: int, timeout: float,
+                     wall: float) -> tuple[str | None, str]:
+    """(what broke pvhboot's promise or None, "hang" or "crash")."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     for argv in _commands(path, out, plan_opts):
         try:
             proc = subprocess.run([sys.executable, "-m", "pvhboot", *argv], capture_output=True, text=True,
-                                  errors="replace", env=env, timeout=timeout,
-                                  preexec_fn=lambda: _limit_child(as_limit))
+                                  errors="replace", env=env, timeout=wall,
+                                  preexec_fn=lambda: _limit_child(as_limit, timeout))
         except subprocess.TimeoutExpired:
-            return f"cli {argv[0]}: hang (> {timeout} s)"
+            return f"cli {argv[0]}: no exit in {wall} s", "hang"
+        if proc.returncode == -signal.SIGXCPU:
+            return f"cli {argv[0]}: over {timeout} s of CPU", "hang"
         if "Traceback" in proc.stderr:
-            return f"cli {argv[0]}: traceback: {proc.stderr.strip()[-300:]}"
+            return f"cli {argv[0]}: traceback: {proc.stderr.strip()[-300:]}", "crash"
         problem = _check_exit(argv, proc.returncode, proc.stderr)
         if problem:
-            return "cli " + problem
+            return "cli " + problem, "crash"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(out)
-    return None
+    return None, "crash"
 
 
-def worker(seeds_file: str, campaign_seed: int, as_limit: int, timeout: float, stall_case: int = -1) -> None:
+def worker(seeds_file: str, campaign_seed: int, as_limit: int, timeout: float, wall: float,
+           stall_case: int = -1, spin_case: int = -1) -> None:
     """Read case numbers on stdin, answer one JSON line each: {"i", "problem", "kind", "maxrss", ...}."""
     with open(seeds_file, "rb") as f:
         pool = pickle.load(f)  # built once by the campaign: a replaced worker starts in a fraction of a second
@@ -337,8 +346,10 @@ def worker(seeds_file: str, campaign_seed: int, as_limit: int, timeout: float, s
     try:
         for line in sys.stdin:
             index, cli = (int(x) for x in line.split())
-            if index == stall_case:  # the campaign's own test: a case that never answers
+            if index == stall_case:  # the campaign's own tests: a case blocked for ever,
                 time.sleep(3600)
+            while index == spin_case:  # and one computing for ever
+                pass
             seed, data, log, plan_opts = make_case(index, campaign_seed, pool)
             with open(path, "wb") as f:
                 f.write(data)
@@ -347,7 +358,7 @@ def worker(seeds_file: str, campaign_seed: int, as_limit: int, timeout: float, s
             try:
                 problem, ok = run_in_process(path, out, plan_opts)
                 if problem is None and cli:
-                    problem = run_cli_children(path, out, plan_opts, as_limit, timeout)
+                    problem, kind = run_cli_children(path, out, plan_opts, as_limit, timeout, wall)
             except MemoryError as e:
                 problem, kind, ok = f"MemoryError {e}", "blowup", 0
             maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -394,8 +405,19 @@ class _Worker:
     def fd(self) -> int:
         return self.proc.stdout.fileno()
 
+    def cpu_seconds(self) -> float:
+        """The worker's CPU time, its waited-for children (the CLI ones) included (proc(5) stat)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
     def send(self, index: int, cli: bool) -> None:
-        self.case, self.started = index, time.monotonic()
+        # CLI cases run the commands twice: in-process, then as children.
+        self.budget = 1 + COMMANDS_PER_CASE if cli else 1
+        self.case, self.started, self.cpu_started = index, time.monotonic(), self.cpu_seconds()
         self.proc.stdin.write(f"{index} {int(cli)}\n")
         self.proc.stdin.flush()
 
@@ -405,22 +427,23 @@ class _Worker:
 
 
 def run_campaign(count: int, *, campaign_seed: int = 1, workers: int = 1, start: int = 0, cli_every: int = 0,
-                 timeout: float = 10.0, rss_limit: int = 768 * MiB, as_limit: int = 3 << 30,
-                 small_only: bool = False, progress=None, stall_case: int = -1) -> Summary:
+                 timeout: float = 10.0, wall: float = 120.0, rss_limit: int = 768 * MiB, as_limit: int = 3 << 30,
+                 small_only: bool = False, progress=None, stall_case: int = -1, spin_case: int = -1) -> Summary:
     with tempfile.NamedTemporaryFile(prefix="pvhboot-fuzz-seeds-", delete=False,
                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as f:
         pickle.dump(seeds(small_only), f)
     try:
-        return _run(f.name, count, campaign_seed, workers, start, cli_every, timeout, rss_limit, as_limit,
-                    progress, stall_case)
+        return _run(f.name, count, campaign_seed, workers, start, cli_every, timeout, wall, rss_limit,
+                    as_limit, progress, stall_case, spin_case)
     finally:
         os.unlink(f.name)
 
 
-def _run(seeds_file, count, campaign_seed, workers, start, cli_every, timeout, rss_limit, as_limit, progress,
-         stall_case) -> Summary:
+def _run(seeds_file, count, campaign_seed, workers, start, cli_every, timeout, wall, rss_limit, as_limit,
+         progress, stall_case, spin_case) -> Summary:
     worker_args = ["--seeds-file", seeds_file, "--seed", str(campaign_seed), "--as-limit", str(as_limit),
-                   "--timeout", str(timeout), "--stall-case", str(stall_case)]
+                   "--timeout", str(timeout), "--wall", str(wall), "--stall-case", str(stall_case),
+                   "--spin-case", str(spin_case)]
     summary = Summary()
     t0 = time.monotonic()
     todo = iter(range(start, start + count))
@@ -490,10 +513,12 @@ def _run(seeds_file, count, campaign_seed, workers, start, cli_every, timeout, r
                 if progress and summary.cases % 1000 == 0:
                     progress(summary, time.monotonic() - t0)
             for fd, w in list(busy.items()):
-                if now - w.started > timeout:
+                cpu, elapsed = w.cpu_seconds() - w.cpu_started, now - w.started
+                if cpu > timeout * w.budget or elapsed > wall * w.budget:
                     busy.pop(fd)
                     summary.cases += 1
-                    summary.hangs.append({"i": w.case, "problem": f"no answer in {timeout} s"})
+                    summary.hangs.append({"i": w.case, "problem": f"no answer after {cpu:.1f} s of CPU, "
+                                                                  f"{elapsed:.1f} s of wall time"})
                     replace(w)
     finally:
         for w in pool:
@@ -511,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="campaign seed (case i is the same for the same seed)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--cli-every", type=int, default=500, help="every Nth case also as CLI children (0: never)")
-    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per case before it is a hang")
+    ap.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per command before it is a hang")
+    ap.add_argument("--wall", type=float, default=120.0, help="wall seconds per command before it is a hang")
     ap.add_argument("--rss-limit", type=int, default=768, help="MiB of peak RSS past which a case is a blow-up")
     ap.add_argument("--as-limit", type=int, default=3 << 30, help="RLIMIT_AS of workers and CLI children (bytes)")
     ap.add_argument("--small-only", action="store_true", help="leave out the 14/53 MB Debian seeds")
@@ -520,11 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", help="with --replay: where to write the image")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stall-case", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--spin-case", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--seeds-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         with contextlib.suppress(BrokenPipeError):  # the parent went away: nothing to report to
-            worker(args.seeds_file, args.seed, args.as_limit, args.timeout, args.stall_case)
+            worker(args.seeds_file, args.seed, args.as_limit, args.timeout, args.wall, args.stall_case,
+                   args.spin_case)
         return 0
     # A killed campaign takes its workers with it (run_campaign's finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -540,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(s.blowups)} blowups, peak RSS {s.peak_rss / MiB:.0f} MiB", file=sys.stderr, flush=True)
 
     s = run_campaign(args.count, campaign_seed=args.seed, workers=args.workers, start=args.start,
-                     cli_every=args.cli_every, timeout=args.timeout, rss_limit=args.rss_limit * MiB,
+                     cli_every=args.cli_every, timeout=args.timeout, wall=args.wall, rss_limit=args.rss_limit * MiB,
                      as_limit=args.as_limit, small_only=args.small_only, progress=progress)
     for kind, found in (("crash", s.crashes), ("hang", s.hangs), ("blowup", s.blowups)):
         for r in found:

@@ -47,8 +47,14 @@ def test_exit_status_and_stderr_rules(rc, stderr, bad):
 
 def test_a_case_over_its_time_is_a_hang():
     """Case 1 never answers: it is a hang, its worker is replaced, and case 2 still runs."""
-    s = campaign.run_campaign(3, workers=1, timeout=1.0, small_only=True, stall_case=1)
+    s = campaign.run_campaign(3, workers=1, timeout=1.0, wall=1.0, small_only=True, stall_case=1)
     assert [h["i"] for h in s.hangs] == [1] and not s.crashes and s.cases == 3
+
+
+def test_a_spinning_case_is_a_hang_by_its_cpu_time():
+    """A case that computes for ever is caught by its CPU time long before the wall budget."""
+    s = campaign.run_campaign(2, workers=1, timeout=1.0, wall=300.0, small_only=True, spin_case=0)
+    assert [h["i"] for h in s.hangs] == [0] and "s of CPU" in s.hangs[0]["problem"]
 
 
 def test_a_case_over_the_rss_limit_is_a_blowup():
