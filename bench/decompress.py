@@ -33,6 +33,12 @@ CODECS = {
     "zstd": (["zstd", "-q", "-19", "--zstd=wlog=27", "-c"], ["zstd", "-q", "-d", "-c"]),
 }
 
+# Peak RSS growth / output.  One output buffer plus the pieces in flight (4 MiB from a decoder,
+# 8 MiB lz4 blocks) for gzip, bzip2 and lz4; the codec's own window (lzma/xz dictionary, zstd
+# window, each touched up to the output's size) on top of that for the others.
+ONE_BUFFER_GOAL, WINDOWED_GOAL = 1.5, 2.25
+WINDOWED = ("lzma", "xz", "zstd")
+
 _CHILD = r"""
 import json, resource, sys, time
 import lz4.block, zstandard
@@ -90,10 +96,11 @@ def measure(repeats: int) -> dict:
         rows.append(common.row(f"dz-{codec}", f"decompress the 53 MB vmlinux, {codec} (wall)", "s", t_ours,
                                t_peer, f"{peer[0]} -d to /dev/null"))
         rows.append(common.row(f"dm-{codec}", f"  peak RSS growth while decompressing, {codec}", "MiB",
-                               grew / MiB, size / MiB, "the output itself", goal=2.0))
+                               grew / MiB, size / MiB, "the output itself",
+                               goal=WINDOWED_GOAL if codec in WINDOWED else ONE_BUFFER_GOAL))
         details[codec] = {"ours": ours, "peer_wall": [r.wall_s for r in theirs], "compressed": comp.stat().st_size}
     return {"rows": rows, "notes": ["peak RSS growth / output: 1.0 is one output buffer; lzma, xz and zstd add "
-                                    "their dictionary/window (at most min(window, output))"],
+                                    "their dictionary/window (touched up to min(window, output))"],
             "details": details}
 
 
