@@ -14,9 +14,8 @@ checked against :data:`MAX_DECOMPRESSED` (and, for a bzImage, its setup header's
 anything is decoded; the decoders are streamed, each call returning at most :data:`OUTPUT_PIECE`
 bytes, into one output buffer, an anonymous mapping grown by mremap (never copied) up to the
 claim (a 1 GiB claim on a 49 KB stream costs what the stream really produces); one byte past the
-claim is refused.  Besides that buffer only
-the codec's own window is held: the lzma/xz dictionary (liblzma memlimit :func:`_lzma_memlimit`)
-and the zstd window (:data:`ZSTD_WINDOW_MAX`), both bounded here.
+claim is refused.  Besides that buffer only the codec's own window is held: the lzma/xz dictionary
+(liblzma memlimit, :func:`_lzma_memlimit`) and the zstd window (:data:`ZSTD_WINDOW_MAX`).
 """
 from __future__ import annotations
 
