@@ -18,10 +18,11 @@ MEMORY = 512 << 20
 
 
 def worker(seconds: float) -> None:
+    from pvhboot.probe import probe_path
     from pvhboot.vmm import MicroVM
 
     def one():
-        with MicroVM(None, memory=MEMORY, console=None) as vm:
+        with MicroVM(probe_path(), memory=MEMORY, console=None) as vm:
             r = vm.run()
         if r.reason != "debug_exit" or r.exit_code != 0:
             raise SystemExit(f"probe VM ended with {r.reason} {r.exit_code}")

@@ -1,7 +1,8 @@
 """Run every pvhboot benchmark side by side and report: ``python3 -m bench.run`` (``make bench``).
 
 Each measurement is its own script (bench/exit_roundtrip.py, probe_boot.py, builder_time.py,
-console.py, memory.py, rig_boot.py, churn.py, decompress.py), run here as a child process that prints one JSON
+console.py, memory.py, rig_boot.py, churn.py, compare.py, decompress.py), run here as a child process that
+prints one JSON
 result line; this collects them, prints the table, and writes bench/results.json (date, machine
 facts, every row and the raw runs), bench/results.md (the table as Markdown, for the README) and
 bench/results.png (ratios against goals; needs matplotlib, skipped with a note when it is absent).
@@ -22,7 +23,8 @@ import time
 
 from . import common
 
-BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn", "decompress")
+BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn", "compare",
+           "decompress")
 RESULTS = common.BENCH_DIR / "results.json"
 MARKDOWN = common.BENCH_DIR / "results.md"
 PLOT = common.BENCH_DIR / "results.png"
@@ -32,8 +34,10 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
     argv = [sys.executable, "-m", f"bench.{name}"]
     if name == "console":
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
-    elif name in ("memory", "churn", "rig_boot", "decompress"):
+    elif name in ("memory", "churn", "rig_boot", "compare", "decompress"):
         argv += ["--repeats", str(min(repeats, 3))]
+        if name == "memory" and quick:
+            argv += ["--flood-bytes", str(1 << 20)]
     else:
         argv += ["--repeats", str(repeats)]
     return argv

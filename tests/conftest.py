@@ -14,6 +14,9 @@ from support import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_CACHE = ROOT / ".cache" / "debian-kernel" / "current"
+# Child processes (`sys.executable -m pvhboot ...`) import this checkout's pvhboot, as the tests do
+# (pyproject's pythonpath), not whichever copy is installed (an editable install of another tree).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 
 def kvm_unavailable_reason() -> str | None:

@@ -11,7 +11,7 @@ import sys
 from . import __version__
 from .errors import PvhbootError
 
-SUBCOMMANDS = ("inspect", "extract", "plan", "boot", "run", "conformance")
+SUBCOMMANDS = ("inspect", "extract", "plan", "boot", "run", "conformance", "compare")
 EXIT_USER_ERROR = 2
 
 
@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         status = int(args._run(args) or 0)
-        sys.stdout.flush()  # here, so a reader that went away is seen below, not at interpreter exit
-        return status
     except PvhbootError as e:
         print(f"pvhboot: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -53,12 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `pvhboot inspect K | head`: the reader went away after what it wanted; that is not an
-        # error (exit 0, silent, as `yes | head` is from the shell's point of view).  stdout is
-        # pointed at /dev/null so the interpreter's final flush cannot raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # error (exit 0, silent, as `yes | head` is from the shell's point of view).
+        _discard_stdout()
         return 0
+    try:
+        sys.stdout.flush()  # here, so a reader that went away is seen now, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()  # the command's own status stands (e.g. the guest's, for `boot`)
+    return status
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

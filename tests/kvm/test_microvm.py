@@ -19,7 +19,7 @@ def probe():
 
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_probe_exit_record(probe, cpus):
-    with MicroVM(cpus=cpus, memory=128 << 20, console=None, timeout=60) as vm:
+    with MicroVM(probe, cpus=cpus, memory=128 << 20, console=None, timeout=60) as vm:
         r = vm.run()
         assert vm.protocol == "pvh"  # auto: the probe has the PHYS32_ENTRY note
     assert (r.reason, r.exit_code, r.crash_report) == ("debug_exit", 0, None)
@@ -38,7 +38,7 @@ def test_mutate_hook_runs_before_first_instruction(probe):
         gprs["rbx"] += 8
         return dataclasses.replace(loaded, cpu=dataclasses.replace(loaded.cpu, gprs=gprs))
 
-    with MicroVM(memory=64 << 20, console=None, timeout=60, protocol="pvh", mutate=mutate) as vm:
+    with MicroVM(probe, memory=64 << 20, console=None, timeout=60, protocol="pvh", mutate=mutate) as vm:
         r = vm.run()
     assert seen == [64 << 20]
     assert r.reason == "debug_exit" and r.exit_code != 0

@@ -10,6 +10,7 @@ import ctypes
 import dataclasses
 
 import pytest
+from support import probe_elf
 
 from pvhboot.abi.start_info import hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
 from pvhboot.memory import layout
@@ -46,7 +47,7 @@ def boot(**kw):
     extra = {}
     kw.setdefault("console", None)
     kw.setdefault("timeout", 60)
-    with MicroVM(None, **kw) as vm:
+    with MicroVM(probe_elf(), **kw) as vm:
         record = vm.run()
         plan = vm.loaded.plan
         if kw.get("protocol") == "pvh":

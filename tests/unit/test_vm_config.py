@@ -98,3 +98,11 @@ def test_parse_size():
     assert parse_size("512") == 512 << 20 and parse_size("1T") == 1 << 40 and parse_size("16384K") == 16 << 20
     with pytest.raises(ConfigError, match="invalid size"):
         parse_size("lots")
+
+
+def test_the_runtime_does_not_choose_a_kernel():
+    """Booting the probe when no KERNEL is named is the command's choice, not the VMM's."""
+    from pvhboot.vmm import MicroVM
+
+    with pytest.raises(ConfigError, match="no kernel given"):
+        MicroVM(memory=64 << 20)

@@ -26,3 +26,17 @@ def rich_console():
             raise BrokenPipeError
 
     return _Console()
+
+
+def builtin_probe() -> str:
+    """The built-in probe's path: what `boot` runs without KERNEL and `conformance` always runs."""
+    from ..errors import ConfigError
+
+    try:
+        from ..probe import probe_path
+    except ImportError:
+        raise ConfigError("the built-in probe is not part of this installation; name a KERNEL") from None
+    path = probe_path()
+    if not path.exists():
+        raise ConfigError(f"the probe is missing from this installation: {path}")
+    return str(path)

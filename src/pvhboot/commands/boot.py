@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 
 from ..files import write_output
+from ._util import builtin_probe
 from .vm_options import add_vm_options, vm_config_from_args
 
 EXIT_CRASH = 1
 EXIT_STATUS_HELP = (
     "Exit status: the guest's -- 0 after an ACPI power-off, a reset or Ctrl-A x; the value V written "
     "to the debug-exit port 0xf4, as its low byte, except that a non-zero V whose low byte is 0 "
-    "(0x100, 0x200, ...) exits 1 with a warning, so a failure never reads as success. 1 when the "
+    "(0x100, 0x200, ...) exits 1, so a failure never reads as success (a V above 0xff is warned "
+    "about on stderr). 1 when the "
     "guest crashed or hit --timeout (a crash report on stderr); 2 for a user error (one line on "
     "stderr).")
 
@@ -35,7 +37,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..vmm import MicroVM
 
-    config = vm_config_from_args(args, kernel=args.kernel)
+    config = vm_config_from_args(args, kernel=args.kernel or builtin_probe())
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(config=config, stdin=stdin_is_tty) as vm:
         record = vm.run()

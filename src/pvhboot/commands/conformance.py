@@ -18,7 +18,7 @@ import sys
 
 from ..errors import ConfigError
 from ..files import CONSOLE_LOG_LIMIT, read_regular
-from ._util import rich_console
+from ._util import builtin_probe, rich_console
 from .vm_options import add_vm_options, vm_config_from_args
 
 PLACEHOLDER = "{probe}"
@@ -47,7 +47,7 @@ def run_under_pvhboot(args) -> tuple[bytes, str]:
     """The probe under pvhboot's own runtime: (console bytes, one line about how it ended)."""
     from ..vmm import MicroVM
 
-    with MicroVM(config=vm_config_from_args(args), console=None) as vm:
+    with MicroVM(config=vm_config_from_args(args, kernel=builtin_probe()), console=None) as vm:
         record = vm.run()
     if record.crash_report:
         sys.stderr.write(record.crash_report)
@@ -134,7 +134,6 @@ def print_table(report, how: str, show_facts: bool) -> None:
 
 
 def run(args) -> int:
-    from ..probe import probe_path
     from ..probe.report import parse_report
 
     if args.report:
@@ -143,10 +142,7 @@ def run(args) -> int:
         output = read_regular(args.report, "--report", CONSOLE_LOG_LIMIT)
         how = f"log {args.report}"
     elif args.vmm:
-        probe = probe_path()
-        if not probe.exists():
-            raise ConfigError(f"the probe is missing from this installation: {probe}")
-        output, how = run_external(build_vmm_command(list(args.vmm), str(probe)), args.timeout)
+        output, how = run_external(build_vmm_command(list(args.vmm), builtin_probe()), args.timeout)
     else:
         output, how = run_under_pvhboot(args)
     report = parse_report(output)

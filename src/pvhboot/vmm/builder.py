@@ -36,6 +36,7 @@ class VmExit:
     crash_report: str | None = None
     events: list[dict] = field(default_factory=list)  # every device event, in order
     console_total: int = 0  # bytes the guest printed in all (more than len(console) when cut)
+    events_dropped: int = 0  # device events after the first EVENTS_KEPT, counted only
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -53,6 +54,10 @@ CONSOLE_TAIL = 64 << 10
 """Bytes of guest console kept in memory for the exit record (VmExit.console): the end of the output,
 where a crash or the probe's verdict is.  Whatever the guest prints, the VMM holds no more than this
 (the rest is streamed out, or dropped when the console is silent)."""
+
+
+EVENTS_KEPT = 4096
+"""Device events (and boot markers) kept for the exit record; later ones are only counted."""
 
 
 class ConsoleOutput:
@@ -130,6 +135,7 @@ class Machine:
         self.coalesced_writes = None  # the run's CoalescedWrites (its ``delivered`` count), once run
         self.ctl = VmControl()
         self._events: list = []
+        self._events_dropped = 0
         self._start_ns = 0
         self._markers: list[tuple[int, float]] = []
         self._event_lock = threading.Lock()
@@ -201,10 +207,16 @@ class Machine:
         from ..devices import VmEventKind as K
 
         with self._event_lock:
-            self._events.append(ev)
+            # A guest may write port 0x80 for ever: the record keeps the first EVENTS_KEPT (the
+            # boot's timeline) and counts the rest, so VMM memory stays bounded.
+            if len(self._events) < EVENTS_KEPT:
+                self._events.append(ev)
+            else:
+                self._events_dropped += 1
             if ev.kind is K.BOOT_MARKER:
-                t = (ev.time_ns - self._start_ns) / 1e9 if self._start_ns else 0.0
-                self._markers.append((ev.value, t))
+                if len(self._markers) < EVENTS_KEPT:
+                    t = (ev.time_ns - self._start_ns) / 1e9 if self._start_ns else 0.0
+                    self._markers.append((ev.value, t))
                 return
         if ev.kind is K.POWEROFF:
             self.ctl.stop("poweroff", 0)
@@ -342,7 +354,7 @@ class Machine:
                    "seconds": (e.time_ns - self._start_ns) / 1e9} for e in self._events]
         return VmExit(reason=reason, exit_code=code, wall_time_s=wall, boot_markers=list(self._markers),
                       console=self.console.captured, crash_report=report, events=events,
-                      console_total=self.console.total)
+                      console_total=self.console.total, events_dropped=self._events_dropped)
 
     # --- teardown ---
     def close(self) -> None:
@@ -389,7 +401,9 @@ class MicroVM:
         elif kernel is not None or options:
             raise TypeError("MicroVM takes either a VmConfig or keyword options, not both")
         if config.kernel is None:
-            config = config.with_(kernel=_builtin_probe())
+            # The runtime boots the kernel it is given; which one (the probe, for `pvhboot boot`
+            # without KERNEL) is the caller's choice (commands/_util.py builtin_probe).
+            raise ConfigError("no kernel given")
         self.config = config
         self.kernel_path = config.kernel
         self.console, self.mutate, self.stdin = console, mutate, stdin
@@ -471,14 +485,6 @@ class _LazySymbols:
         from .crash import load_symbol_table
 
         return load_symbol_table(None, self._elf)
-
-
-def _builtin_probe() -> str:
-    try:
-        from ..probe import probe_path
-    except ImportError:
-        raise ConfigError("the built-in probe is not part of this installation; name a KERNEL") from None
-    return str(probe_path())
 
 
 def _phys_to_virt(image) -> int:

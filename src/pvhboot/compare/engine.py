@@ -1,0 +1,140 @@
+"""One comparison run: the cells of a kernel, booted (locally or on a Dask cluster), diffed.
+
+:func:`plan_cells` turns the options into :class:`Cell` specs (extracting a bzImage's vmlinux into
+``workdir`` for the paths that boot it) and checks every cell with the builder's dry run, so a
+size the kernel cannot use is one user error before anything boots.  :func:`run_comparison` boots
+them and returns the records `--json` writes and the diff groups.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .cells import Cell, choose_paths, path_specs
+from .faults import FAULTS
+from .linux import END_ARGUMENT, linux_cmdline
+
+PROBE_TIMEOUT_S = 30.0
+LINUX_TIMEOUT_S = 120.0
+PROBE_CMDLINE = "console=ttyS0 probe"
+PROBE_MARKER = b"probe.version="  # a string only pvhboot's probe carries (probe/src/probe.c)
+PROBE_MAX_SIZE = 4 << 20  # the probe ELF is 64 KiB; a real kernel is megabytes
+
+
+@dataclass(frozen=True)
+class Options:
+    kernel: str | None  # None: the built-in probe
+    paths: str | None = None
+    cpus: tuple[int, ...] = (1, 2)
+    memory: tuple[int, ...] = (512 << 20,)
+    initrd: str | None = None  # probe: its module; Linux: the collector's initramfs (built by the caller)
+    cmdline: str = ""
+    timeout: float | None = None
+    kaslr: bool = False
+    faults: tuple[tuple[str, str], ...] = ()  # (fault, path)
+
+
+def is_probe(kernel: str | None) -> bool:
+    """The built-in probe (no KERNEL), or a probe ELF (small, carrying the probe's report keys)."""
+    if kernel is None:
+        return True
+    from ..files import KERNEL_LIMIT, open_regular
+
+    fd = open_regular(kernel, "kernel", KERNEL_LIMIT)
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_size > PROBE_MAX_SIZE:
+            return False
+        return PROBE_MARKER in f.read()
+
+
+def kernel_path(kernel: str | None) -> str:
+    if kernel is not None:
+        return kernel
+    from ..probe import probe_path
+
+    return str(probe_path())
+
+
+def plan_cells(opts: Options, workdir: str) -> tuple[str, list[Cell]]:
+    """(collector kind, the cells in table order).  A bzImage's vmlinux is written into ``workdir``."""
+    from ..boot import plan_guest
+    from ..image import load_kernel
+    from ..vmm.config import VmConfig
+
+    kind = "probe" if is_probe(opts.kernel) else "linux"
+    path = kernel_path(opts.kernel)
+    VmConfig(kernel=path)  # a regular file of a sane size (pvhboot.files)
+    image = load_kernel(path)
+    chosen = choose_paths(path_specs(image), opts.paths, path)
+    files = {"bzimage": path, "vmlinux": path}
+    if image.format == "bzimage" and any(p.image == "vmlinux" for p in chosen):
+        files["vmlinux"] = os.path.join(workdir, "vmlinux")
+        with open(files["vmlinux"], "wb") as f:
+            f.write(image.elf.data)
+    # _text's link address: the first PT_LOAD is .text, which starts at _text (arch/x86/kernel/vmlinux.lds.S);
+    # not the lowest vaddr (x86_64's percpu segment is linked at 0).
+    link_text = next((s.vaddr for s in image.segments if s.memsz), None) if kind == "linux" else None
+    if kind == "probe":
+        cmdline = " ".join(p for p in (PROBE_CMDLINE, opts.cmdline, END_ARGUMENT) if p)
+    else:
+        cmdline = linux_cmdline(opts.cmdline, opts.kaslr)
+    timeout = opts.timeout or (PROBE_TIMEOUT_S if kind == "probe" else LINUX_TIMEOUT_S)
+    faults = dict((p, f) for f, p in opts.faults)
+    for fault, p in opts.faults:
+        if fault not in FAULTS:
+            raise ConfigError(f"unknown seeded fault {fault!r} (one of {', '.join(FAULTS)})")
+        if p not in [c.name for c in chosen]:
+            raise ConfigError(f"seeded fault {fault}: path {p!r} is not compared ({', '.join(c.name for c in chosen)})")
+        if max(opts.cpus) < FAULTS[fault].min_cpus:
+            raise ConfigError(f"seeded fault {fault} needs a cell with at least {FAULTS[fault].min_cpus} vCPUs")
+    if len(faults) < len(opts.faults):
+        raise ConfigError("one seeded fault per path")
+    cells = []
+    for cpus in opts.cpus:
+        for memory in opts.memory:
+            for p in chosen:
+                fault = faults.get(p.name)
+                if fault and cpus < FAULTS[fault].min_cpus:
+                    fault = None
+                cells.append(Cell(path=p.name, protocol=p.protocol, cpus=cpus, memory=memory,
+                                  kernel=files[p.image], cmdline=cmdline, collector=kind, timeout=timeout,
+                                  initrd=opts.initrd, link_text=link_text, fault=fault))
+    # The VM options checked once (vmm.config) and the builder's dry run for each distinct
+    # configuration: a size this kernel cannot use, an initrd that does not fit, is the user's error
+    # now, not a failed cell later.
+    images = {path: image}
+    seen = set()
+    for c in cells:
+        key = (c.kernel, c.protocol, c.cpus, c.memory)
+        if key in seen:
+            continue
+        seen.add(key)
+        if c.kernel not in images:
+            images[c.kernel] = load_kernel(c.kernel)
+        config = VmConfig(kernel=c.kernel, memory=c.memory, cpus=c.cpus, protocol=c.protocol, cmdline=c.cmdline,
+                          initrd=c.initrd, timeout=c.timeout)
+        plan_guest(images[c.kernel], config.boot_config(c.protocol))
+    return kind, cells
+
+
+def record_of(cell: Cell, result: dict) -> dict:
+    rec = {"path": cell.path, "protocol": cell.protocol, "cpus": cell.cpus, "memory": cell.memory,
+           "fault": cell.fault, "kernel": cell.kernel, "cmdline": cell.cmdline}
+    rec.update(result)
+    rec.setdefault("fingerprint", {})
+    return rec
+
+
+def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None) -> list[dict]:
+    """Boot ``cells``: ``jobs`` child processes at a time here, or on a Dask cluster (a scheduler
+    address, or a connected distributed.Client)."""
+    if cluster:
+        from .cluster import run_cells_on_cluster
+
+        results = run_cells_on_cluster(cluster, cells, progress=progress)
+    else:
+        from .runner import run_cells as run_local
+
+        results = run_local(cells, jobs, progress=progress)
+    return [record_of(c, r) for c, r in zip(cells, results)]
