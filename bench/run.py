@@ -1,9 +1,8 @@
 """Run every pvhboot benchmark side by side and report: ``python3 -m bench.run`` (``make bench``).
 
 Each measurement is its own script (bench/exit_roundtrip.py, probe_boot.py, builder_time.py,
-console.py, memory.py, rig_boot.py, churn.py, compare.py, decompress.py), run here as a child process that
-prints one JSON
-result line; this collects them, prints the table, and writes bench/results.json (date, machine
+console.py, memory.py, rig_boot.py, churn.py, compare.py, decompress.py), run here as a child process
+that prints one JSON result line; this collects them, prints the table, and writes bench/results.json (date, machine
 facts, every row and the raw runs), bench/results.md (the table as Markdown, for the README) and
 bench/results.png (ratios against goals; needs matplotlib, skipped with a note when it is absent).
 
