@@ -45,7 +45,7 @@ def split(kernel: str, t_spawn: float, profile: bool = False) -> None:
     plan = plan_guest(image, config)
     mem = GuestMemory(list(plan.ram_ranges))
     marks["plan_and_memory"] = time.perf_counter()
-    loaded = load_guest(image, config, plan, mem)
+    loaded = load_guest(plan, mem)
     marks["structure_writing"] = time.perf_counter()
     m = Machine(mem, loaded.cpu, cpus=1, console=None, timeout=30)
     marks["kvm_setup"] = time.perf_counter()

@@ -1,13 +1,14 @@
 """Run every pvhboot benchmark side by side and report: ``python3 -m bench.run`` (``make bench``).
 
 Each measurement is its own script (bench/exit_roundtrip.py, probe_boot.py, builder_time.py,
-console.py, memory.py, rig_boot.py, churn.py, compare.py, decompress.py), run here as a child process
-that prints one JSON result line; this collects them, prints the table, and writes bench/results.json (date, machine
-facts, every row and the raw runs), bench/results.md (the table as Markdown, for the README) and
+console.py, memory.py, rig_boot.py, churn.py, compare.py, stress_vcpus.py, virtio.py, virtio_rig.py,
+decompress.py), run here as a child process that prints one JSON result line; this collects them, prints the
+table, and writes bench/results.json (date, machine facts, every row and the raw runs), bench/results.md (the
+table as Markdown, for the README) and
 bench/results.png (ratios against goals; needs matplotlib, skipped with a note when it is absent).
 
     python3 -m bench.run                 # all but the rig (a few minutes on 2 shared cores)
-    python3 -m bench.run --rig           # also bench 6 in the nested rig (adds several minutes)
+    python3 -m bench.run --rig           # also benches 6 and 11 in the nested rig (adds several minutes)
     python3 -m bench.run --quick         # 2 repeats, 64 KiB console: a smoke run
     python3 -m bench.run --only exit_roundtrip,churn
 """
@@ -23,7 +24,8 @@ import time
 from . import common
 
 BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn", "compare",
-           "decompress")
+           "stress_vcpus", "virtio", "virtio_rig", "decompress")
+RIG_BENCHES = ("rig_boot", "virtio_rig")  # run only with --rig
 RESULTS = common.BENCH_DIR / "results.json"
 MARKDOWN = common.BENCH_DIR / "results.md"
 PLOT = common.BENCH_DIR / "results.png"
@@ -33,7 +35,7 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
     argv = [sys.executable, "-m", f"bench.{name}"]
     if name == "console":
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
-    elif name in ("memory", "churn", "rig_boot", "compare", "decompress"):
+    elif name in ("memory", "churn", "compare", "stress_vcpus", "decompress", *RIG_BENCHES):
         argv += ["--repeats", str(min(repeats, 3))]
         if name == "memory" and quick:
             argv += ["--flood-bytes", str(1 << 20)]
@@ -177,9 +179,10 @@ def main(argv=None) -> int:
     facts = common.machine_facts()
     results = []
     for name in names:
-        if name == "rig_boot" and not a.rig:
-            from .rig_boot import not_run
+        if name in RIG_BENCHES and not a.rig:
+            import importlib
 
+            not_run = importlib.import_module(f"bench.{name}").not_run
             results.append({"bench": name, **not_run("optional; pass --rig (boots real Linux in the nested "
                                                      "QEMU TCG rig, several minutes)"), "seconds": 0.0})
             continue

@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils bzip2 binutils gcc make python3 \
-      libpython3.11-stdlib python3-minimal libffi8)
+      libpython3.11-stdlib python3-minimal libffi8 python3-seccomp)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,3 +16,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
 "$root/scripts/fetch-debian-kernel.sh" >/dev/null
+"$root/scripts/fetch-debian-kernel-6.12.sh" >/dev/null  # PHYS32_RELOC kernel for tests/rig/test_reloc.py

@@ -41,7 +41,7 @@ def test_pvh_plan_matches_readelf_and_loads_file_bytes(debian_vmlinux):
     assert plan.entry == int.from_bytes(bytes.fromhex(m.group(1).replace(" ", "")), "little")
     data = debian_vmlinux.read_bytes()
     with GuestMemory(list(plan.ram_ranges)) as mem:
-        g = load_guest(kernel, config, plan, mem)
+        g = load_guest(plan, mem)
         for off, paddr, filesz, _ in loads:
             for probe in (0, filesz // 2, filesz - 64):
                 assert mem.read(paddr + probe, 64) == data[off + probe : off + probe + 64]
@@ -55,7 +55,7 @@ def test_linux64_bzimage_zero_page_keeps_the_files_header(debian_bzimage):
     data = debian_bzimage.read_bytes()
     setup_size = (data[0x1F1] or 4) * 512 + 512
     with GuestMemory(list(plan.ram_ranges)) as mem:
-        load_guest(kernel, config, plan, mem)
+        load_guest(plan, mem)
         assert mem.read(0x100000, 4096) == data[setup_size : setup_size + 4096]
         zp = mem.read(L.ZERO_PAGE_START, 4096)
         end = 0x202 + data[0x201]

@@ -13,6 +13,7 @@ import pytest
 from support import probe_elf
 
 from pvhboot.abi.start_info import hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info
+from pvhboot.boot import Blob
 from pvhboot.memory import layout
 from pvhboot.probe.report import parse_report
 from pvhboot.vmm import MicroVM
@@ -53,7 +54,7 @@ def boot(**kw):
         if kw.get("protocol") == "pvh":
             from pvhboot.boot.convert import start_info_to_boot_params
 
-            si = plan.find("start_info")
+            si = plan.find(Blob.START_INFO)
             extra["expected_bp"] = start_info_to_boot_params(vm.mem.read(si.addr, 56), vm.mem.read)
         extra["plan"] = plan
     return record, parse_report(record.console), extra
@@ -101,7 +102,7 @@ def test_probe_passes(protocol, cpus, with_initrd, long_cmdline, memory, initrd)
             assert rep.status(name) == "pass", (name, rep.rule(name))
         if with_initrd:
             paddr, size, _ = (int(v, 0) for v in rep.facts["start_info.mod.0"].split())
-            assert size == len(data) and paddr == extra["plan"].find("initrd").addr
+            assert size == len(data) and paddr == extra["plan"].find(Blob.INITRD).addr
             assert rep.facts["start_info.mod.0.head"] == data[:16].hex()
         # The probe's conversion (as Linux does it in the guest) equals pvhboot's prediction.
         bp = extra["expected_bp"]
@@ -117,7 +118,7 @@ def test_probe_passes(protocol, cpus, with_initrd, long_cmdline, memory, initrd)
     else:
         assert rep.int_fact("boot_params.ramdisk_size") == (len(data) if with_initrd else 0)
         if with_initrd:
-            assert rep.int_fact("boot_params.ramdisk_image") == extra["plan"].find("initrd").addr
+            assert rep.int_fact("boot_params.ramdisk_image") == extra["plan"].find(Blob.INITRD).addr
             assert rep.facts["boot_params.ramdisk.head"] == data[:16].hex()
 
 
@@ -141,14 +142,14 @@ def ebx_off_by_8(loaded, mem):
 
 
 def unsorted_memmap(loaded, mem):
-    mm = loaded.plan.find("memmap").addr
+    mm = loaded.plan.find(Blob.MEMMAP).addr
     first, second = mem.read(mm, 24), mem.read(mm + 24, 24)
     mem.write(mm, second + first)
     return loaded
 
 
 def bad_rsdp_checksum(loaded, mem):
-    rsdp = loaded.plan.find("acpi_rsdp").addr
+    rsdp = loaded.plan.find(Blob.ACPI_RSDP).addr
     assert mem.read(rsdp, 8) == b"RSD PTR "
     mem.write(rsdp + 8, bytes([(mem.read(rsdp + 8, 1)[0] + 1) & 0xFF]))
     return loaded
@@ -156,9 +157,9 @@ def bad_rsdp_checksum(loaded, mem):
 
 def cmdline_without_nul(loaded, mem):
     """The command line's NUL and the 2 KiB after it overwritten (nothing else lives there)."""
-    at = loaded.plan.find("cmdline").addr
+    at = loaded.plan.find(Blob.CMDLINE).addr
     assert mem.read(at, 6) == b"probe\0"
-    others = [p for p in loaded.plan.placements if p.name != "cmdline"]
+    others = [p for p in loaded.plan.placements if p.blob is not Blob.CMDLINE]
     assert not [p for p in others if p.addr < at + 4096 and at < p.addr + p.size]
     mem.write(at, b"probe" + b"A" * 4091)
     return loaded
@@ -167,7 +168,7 @@ def cmdline_without_nul(loaded, mem):
 def _start_info_field(loaded, mem, name, value=None):
     """Read (and with ``value`` rewrite) one hvm_start_info field in guest memory."""
     field = getattr(hvm_start_info, name)
-    at = loaded.plan.find("start_info").addr + field.offset
+    at = loaded.plan.find(Blob.START_INFO).addr + field.offset
     if value is not None:
         mem.write(at, value.to_bytes(field.size, "little"))
     return int.from_bytes(mem.read(at, field.size), "little")
@@ -175,9 +176,9 @@ def _start_info_field(loaded, mem, name, value=None):
 
 def _move_modlist(loaded, mem, to):
     """Copy the modlist to ``to`` (where nothing pvhboot placed lies) and point start_info at it."""
-    ml = loaded.plan.find("modlist")
+    ml = loaded.plan.find(Blob.MODLIST)
     assert not [p for p in loaded.plan.placements if p.addr < to + ml.size and to < p.addr + p.size
-                and p.name not in ("boot_stack", "modlist")]
+                and p.blob not in (Blob.BOOT_STACK, Blob.MODLIST)]
     mem.write(to, mem.read(ml.addr, ctypes.sizeof(hvm_modlist_entry)))
     mem.write(ml.addr, bytes(ctypes.sizeof(hvm_modlist_entry)))  # the old copy is not the modlist any more
     _start_info_field(loaded, mem, "modlist_paddr", to)
@@ -186,7 +187,7 @@ def _move_modlist(loaded, mem, to):
 
 def modlist_misaligned(loaded, mem):
     """The modlist 4 bytes past an 8-byte boundary (in pvhboot's start_info area, off any stack)."""
-    return _move_modlist(loaded, mem, loaded.plan.find("modlist").addr + 4)
+    return _move_modlist(loaded, mem, loaded.plan.find(Blob.MODLIST).addr + 4)
 
 
 def modlist_on_entry_stack(loaded, mem):
@@ -201,7 +202,7 @@ def modlist_as_qboot(loaded, mem):
 
 def _append_empty_memmap_entry(loaded, mem):
     entry = ctypes.sizeof(hvm_memmap_table_entry)
-    mm, n = loaded.plan.find("memmap").addr, _start_info_field(loaded, mem, "memmap_entries")
+    mm, n = loaded.plan.find(Blob.MEMMAP).addr, _start_info_field(loaded, mem, "memmap_entries")
     mem.write(mm + entry * n, bytes(entry))
     _start_info_field(loaded, mem, "memmap_entries", n + 1)
     return loaded

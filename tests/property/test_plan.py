@@ -72,3 +72,40 @@ def test_initrd_too_large_is_a_layout_error(memory, protocol, excess):
         assert "does not fit" in str(e)
     else:
         raise AssertionError("an initrd larger than the room was placed")
+
+
+# A relocatable PVH kernel (PHYS32_RELOC: 2 MiB alignment, window [16 MiB, 1 GiB - 1]), two segments.
+RELOC = elf_kernel(segments=((0x1000000, 0x2000, 0x300000), (0x1400000, 0x1000, 0x1000)), pvh_entry=0x1000040,
+                   reloc=(0x200000, 0x1000000, 0x3FFFFFFF))
+
+
+@settings(max_examples=60, deadline=None)
+@given(memory=st.integers(32, 4096).map(lambda m: m * MiB), seed=st.integers(0, 2**32 - 1),
+       fraction=st.floats(0, 0.5))
+def test_kaslr_plans_are_valid_and_replayable(memory, seed, fraction):
+    initrd = int((min(memory, L.MMIO_HOLE_START) - 0x1500000) * fraction) // PAGE * PAGE
+    config = BootConfig(memory=memory, protocol="pvh", kaslr_seed=seed, cmdline="console=ttyS0")
+    plan = plan_guest(RELOC, config, initrd_size=initrd)
+    _check(plan, memory)
+    where = plan.kernel_placement
+    assert where.load_addr % 0x200000 == 0 and where.load_addr >= 0x1000000
+    assert where.load_addr + 0x401000 - 1 <= min(0x3FFFFFFF, memory - 1)
+    # every segment and the entry moved by the same offset; the same seed gives the same plan
+    assert [s.addr - where.offset for s in plan.segments] == [0x1000000, 0x1400000]
+    assert plan.entry == 0x1000040 + where.offset
+    assert plan_guest(RELOC, config, initrd_size=initrd).placements == plan.placements
+
+
+@settings(max_examples=60, deadline=None)
+@given(slot=st.integers(0, 600))
+def test_explicit_load_address_is_taken_or_refused_in_one_line(slot):
+    addr = slot * 0x100000  # every MiB: half of them off the 2 MiB alignment
+    config = BootConfig(memory=2 * GiB, protocol="pvh", load_addr=addr)
+    allowed = addr % 0x200000 == 0 and addr >= 0x1000000 and addr + 0x401000 - 1 <= 0x3FFFFFFF
+    try:
+        plan = plan_guest(RELOC, config)
+    except LayoutError as e:
+        assert not allowed and str(e).startswith(f"load address {addr:#x} is not allowed") and "\n" not in str(e)
+    else:
+        assert allowed and plan.kernel_placement.load_addr == addr
+        _check(plan, 2 * GiB)

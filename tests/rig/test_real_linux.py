@@ -193,7 +193,7 @@ def _predict(kernel: Path, protocol: str, cpus: int, cmdline: str, initrd: bytes
     """What pvhboot wrote (linux64) or what Linux derives from what pvhboot wrote (PVH), computed on
     the host with the same inputs and plan as the inner `pvhboot boot`."""
     from pvhboot.abi.bootparam import boot_params
-    from pvhboot.boot import BootConfig, load_guest, plan_guest
+    from pvhboot.boot import Blob, BootConfig, load_guest, plan_guest
     from pvhboot.image import load_kernel
     from pvhboot.memory import GuestMemory
 
@@ -204,13 +204,13 @@ def _predict(kernel: Path, protocol: str, cpus: int, cmdline: str, initrd: bytes
                         protocol=protocol)
     plan = plan_guest(image, config)
     with GuestMemory(list(plan.ram_ranges)) as mem:
-        load_guest(image, config, plan, mem)
+        load_guest(plan, mem)
         if protocol == "pvh":
             from pvhboot.boot.convert import start_info_to_boot_params
 
-            si = plan.find("start_info")
+            si = plan.find(Blob.START_INFO)
             return start_info_to_boot_params(mem.read(si.addr, si.size), mem.read)
-        zp = plan.find("zero_page")
+        zp = plan.find(Blob.ZERO_PAGE)
         return boot_params.from_buffer_copy(mem.read(zp.addr, ctypes.sizeof(boot_params)))
 
 

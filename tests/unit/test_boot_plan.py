@@ -5,7 +5,7 @@ import struct
 import pytest
 from boot_synth import bzimage_kernel, elf_kernel
 
-from pvhboot.boot import BootConfig, load_guest, plan_guest
+from pvhboot.boot import Blob, BootConfig, load_guest, plan_guest
 from pvhboot.boot.convert import start_info_to_boot_params
 from pvhboot.boot.pvh import parse_start_info
 from pvhboot.errors import BootError, ConfigError, LayoutError
@@ -81,13 +81,13 @@ def test_missing_initrd_file(tmp_path):
 def test_initrd_below_initrd_addr_max_and_page_aligned():
     k = bzimage_kernel(initrd_addr_max=0x0FFFFFFF)
     p = plan_guest(k, cfg(memory=1 << 30, protocol="linux64"), initrd_size=5000)
-    i = p.find("initrd")
+    i = p.find(Blob.INITRD)
     assert i.addr % 4096 == 0 and i.addr + i.size <= 0x10000000 and i.addr == 0x10000000 - 8192
 
 
 def test_pvh_initrd_stays_below_the_mmio_hole_with_6gib():
     p = plan_guest(elf_kernel(), cfg(memory=6 << 30), initrd_size=10 * MiB)
-    i = p.find("initrd")
+    i = p.find(Blob.INITRD)
     assert i.addr + i.size <= L.MMIO_HOLE_START and i.addr == L.MMIO_HOLE_START - 10 * MiB
     assert p.ram_ranges == ((0, 3 << 30), (4 << 30, 3 << 30))
 
@@ -95,7 +95,7 @@ def test_pvh_initrd_stays_below_the_mmio_hole_with_6gib():
 def test_bzimage_reserves_the_decompressors_buffer():
     # relocatable, pref_address 16 MiB, init_size 8 MiB: the decompressor uses [16 MiB, 24 MiB).
     p = plan_guest(bzimage_kernel(), cfg(protocol="linux64"))
-    k = p.find("kernel")
+    k = p.find(Blob.KERNEL)
     assert (k.addr, k.addr + k.size, p.entry) == (0x100000, 0x1800000, 0x100200)
     assert plan_guest(bzimage_kernel(), cfg(protocol="linux32")).entry == 0x100000
 
@@ -113,7 +113,7 @@ def _load(kernel, config, tmp_path, initrd=b""):
     config = BootConfig(**{**config.__dict__, "initrd": str(path)})
     plan = plan_guest(kernel, config)
     mem = GuestMemory(list(plan.ram_ranges))
-    return plan, mem, load_guest(kernel, config, plan, mem)
+    return plan, mem, load_guest(plan, mem)
 
 
 def test_load_guest_pvh_writes_everything(tmp_path):
@@ -123,7 +123,7 @@ def test_load_guest_pvh_writes_everything(tmp_path):
     with mem:
         assert mem.read(0x100000, 0x3000) == b"\x01" * 0x3000 and mem.read(0x103000, 0x2000) == bytes(0x2000)
         assert mem.read(0x200000, 0x800) == b"\x02" * 0x800
-        i = plan.find("initrd")
+        i = plan.find(Blob.INITRD)
         assert mem.read(i.addr, i.size) == initrd
         si_raw = mem.read(L.PVH_INFO_START, 56)
         si = parse_start_info(si_raw)
@@ -145,7 +145,7 @@ def test_load_guest_linux64_writes_zero_page_and_page_tables(tmp_path):
     with mem:
         assert mem.read(0x100000, 0x4000) == b"\xAB" * 0x4000
         zp = mem.read(L.ZERO_PAGE_START, 4096)
-        i = plan.find("initrd")
+        i = plan.find(Blob.INITRD)
         assert struct.unpack_from("<II", zp, 0x218) == (i.addr, 100)
         assert mem.read_cstring(struct.unpack_from("<I", zp, 0x228)[0]) == b"ro"
         assert zp[0x1E8] == len(plan.e820)
@@ -158,7 +158,7 @@ def test_load_guest_zeroes_bss_of_reused_memory(tmp_path):
     plan = plan_guest(k, cfg(memory=16 * MiB))
     with GuestMemory(list(plan.ram_ranges)) as mem:
         mem.write(0x103000, b"\xff" * 0x2000)
-        load_guest(k, cfg(memory=16 * MiB), plan, mem, fresh=False)
+        load_guest(plan, mem, fresh=False)
         assert mem.read(0x103000, 0x2000) == bytes(0x2000)
 
 

@@ -8,7 +8,7 @@ from boot_synth import bzimage_kernel, elf_kernel
 from pvhboot.abi.e820 import E820Type
 from pvhboot.boot.config import MemoryRegionSpec as R
 from pvhboot.boot.linux import build_boot_params, synthesize_setup_header
-from pvhboot.boot.plan import build_e820, bzimage_setup_header
+from pvhboot.boot.plan import build_e820
 from pvhboot.boot.pvh import build_memmap, build_modlist, build_start_info, configure_start_info, parse_start_info
 from pvhboot.memory import GuestMemory
 
@@ -56,7 +56,7 @@ def test_configure_start_info_round_trip():
 
 
 def _zp(kernel, **kw):
-    hdr = bzimage_setup_header(kernel) if kernel.bzimage else synthesize_setup_header()
+    hdr = kernel.bzimage.setup_header if kernel.bzimage else synthesize_setup_header()
     return bytes(build_boot_params(header=hdr, e820=kw.get("e820", E820), cmdline_addr=0x20000,
                                    initrd=kw.get("initrd", (0x7F00000, 0x12345)), rsdp_addr=0xE0000))
 

@@ -1,8 +1,17 @@
-"""decode_exit on synthetic kvm_run bytes (the layout of kvm.h struct kvm_run, packed by hand)."""
+"""decode_exit and the run loop's formats on synthetic kvm_run bytes (the layout of kvm.h struct kvm_run,
+packed by hand here: the offsets below are the header's, not derived from pvhboot.abi)."""
+import ctypes
 import struct
+
+import pytest
 
 from pvhboot.abi import kvm as abi
 from pvhboot.kvm.exits import (
+    EXIT_IO,
+    EXIT_MMIO,
+    IO_VALUE,
+    MMIO_DATA,
+    MMIO_DATA_LEN,
     FailEntryExit,
     InternalErrorExit,
     IoExit,
@@ -11,7 +20,9 @@ from pvhboot.kvm.exits import (
     SystemEventExit,
     UnknownExit,
     decode_exit,
-    io_data,
+    exit_reason,
+    field,
+    layout_struct,
 )
 
 RUN_SIZE = 2352
@@ -31,7 +42,7 @@ def test_io_out():
     assert reason == abi.KvmExit.IO
     assert rec == IoExit(direction=1, size=1, port=0x3F8, count=1, data_offset=0x1000)
     assert rec.is_write
-    assert io_data(page, rec) == b"A"
+    assert page[rec.data_offset] == 0x41
 
 
 def test_io_in_rep():
@@ -39,7 +50,6 @@ def test_io_in_rep():
     _, rec = decode_exit(memoryview(page))
     assert (rec.direction, rec.size, rec.port, rec.count) == (0, 2, 0x1F0, 4)
     assert not rec.is_write
-    assert len(io_data(page, rec)) == 8
 
 
 def test_mmio_write():
@@ -83,3 +93,27 @@ def test_simple_exits():
         assert r == reason and rec == SimpleExit(reason) and rec.name == name
     _, rec = decode_exit(run_page(999))
     assert rec.name == "exit 999"
+
+
+def test_hot_path_formats_read_the_header_offsets():
+    """The run loop's one-unpack decode: exit_reason at 8, the io member at 32 (kvm.h)."""
+    page = run_page(2, struct.pack("<BBHIQ", 0, 4, 0xCF8, 3, 0x1000))
+    assert EXIT_IO.unpack_from(page) == (2, 0, 4, 0xCF8, 3, 0x1000)
+    assert EXIT_IO.format == "<8xI20xBBHIQ"
+    assert exit_reason(page) == 2
+    page = run_page(6, struct.pack("<Q8sIB", 0xFEE00020, b"\1\2\3\4" + b"\0" * 4, 4, 0))
+    assert EXIT_MMIO.unpack_from(page) == (0xFEE00020, b"\1\2\3\4" + b"\0" * 4, 4, 0)
+    MMIO_DATA.pack_into(page, 0, (0x11223344).to_bytes(MMIO_DATA_LEN, "little"))
+    assert page[40:48] == bytes([0x44, 0x33, 0x22, 0x11, 0, 0, 0, 0])  # kvm_run.mmio.data
+    assert [IO_VALUE[n].size for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
+
+
+def test_layout_struct_pads_and_refuses_overlap():
+    class S(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_uint8), ("b", ctypes.c_uint32), ("c", ctypes.c_uint8 * 3),
+                    ("d", ctypes.c_uint64 * 2)]
+
+    assert layout_struct(field(S, "b"), field(S, "d")).format == "<4xI8x2Q"
+    assert layout_struct(field(S, "a"), field(S, "c", 0)).format == "<B7x3s"
+    with pytest.raises(ValueError, match="overlaps"):
+        layout_struct(field(S, "b"), field(S, "a"))

@@ -12,49 +12,32 @@ from __future__ import annotations
 
 import ast
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 PKG_DIR = Path(__file__).resolve().parents[2] / "src" / "pvhboot"
+README = PKG_DIR.parents[1] / "README.md"
+# The one machine-readable map: layer -> what it is and what it may import (and the special rules).
+LAYER_MAP = tomllib.loads((Path(__file__).with_name("layers.toml")).read_text())
+LAYERS: dict[str, dict] = LAYER_MAP["layers"]
+# layer -> the other layers it may import (its own is always allowed).
+ALLOWED: dict[str, set[str]] = {name: set(layer["may_import"]) for name, layer in LAYERS.items()}
+RULES = LAYER_MAP["rules"]
+DEVICES_MEMORY = set(RULES["devices_memory"])
+STDLIB_ONLY = set(RULES["stdlib_only"])
+IOCTL_MODULES = set(RULES["ioctl_modules"])
 
-# layer -> the other layers it may import (its own is always allowed).  What each uses today is in
-# the comment when it is less than what the rule allows.
-ALLOWED: dict[str, set[str]] = {
-    "pvhboot": set(),  # the package __init__ (__version__): importing pvhboot.X must not pull in a layer
-    "errors": set(),
-    # Opening the files a user names (regular files only, size limits, safe outputs): below every
-    # layer that reads or writes one (image, boot's initrd loader, vmm's config, commands).
-    "files": {"errors"},
-    "abi": {"errors"},  # pure declarations; uses nothing of pvhboot today (check_layout is abi's own)
-    "image": {"abi", "errors", "files"},
-    "memory": {"abi", "errors"},  # uses errors only
-    "kvm": {"abi", "errors", "memory"},  # uses abi + errors only: memory slots take host addresses as ints
-    "boot": {"abi", "image", "memory", "errors", "files"},  # no image import today: kernels are passed in as facts
-    "devices": {"abi", "memory", "errors"},  # memory: layout constants only (see DEVICES_MEMORY)
-    "probe": {"errors"},  # probe_path() and the report parser; uses nothing of pvhboot today
-    "initramfs": {"errors"},  # the newc writer is a library leaf
-    # vmm boots the kernel it is given: choosing the probe is the commands' job (issue 11).
-    "vmm": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "initramfs"},
-    # `pvhboot compare`'s engine (cells, fingerprints, field rules, diff, local pool, Dask backend):
-    # an application of the VMM beside commands/, which drives it; it never imports commands/.
-    "compare": {"pvhboot", "errors", "files", "abi", "image", "memory", "boot", "probe", "vmm"},
-    "commands": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
-                 "vmm", "compare"},
-    "cli": {"pvhboot", "errors", "files", "abi", "image", "memory", "kvm", "boot", "devices", "probe", "initramfs",
-            "vmm", "commands", "compare"},
-    "__main__": {"cli"},
-    # The nested-rig builder is an application of its own (`python -m pvhboot.rig`), beside the CLI:
-    # it reuses commands.run's guest-initramfs writer and hashes that module's source into its cache key,
-    # and extracts the outer kernel with image/ (QEMU's microvm PVH loader takes an ELF, not a bzImage).
-    "rig": {"initramfs", "errors", "commands", "image"},
-}
-# devices know the guest's physical layout, never GuestMemory itself.
-DEVICES_MEMORY = {"pvhboot.memory.layout"}
-# Only these layers may import a non-stdlib package (abi is pure ctypes + enums).
-STDLIB_ONLY = {"pvhboot", "errors", "abi"}
-# "kvm/ is the only code that calls ioctl": fcntl is its tool.
-IOCTL_MODULES = {"fcntl"}
+
+def layout_text() -> str:
+    """The README's layout block, made from the map (layers with a path, in the map's order)."""
+    rows = [(layer["path"], layer["summary"]) for layer in LAYERS.values() if "path" in layer]
+    width = max(len(path) for path, _ in rows) + 2
+    lines = ["src/pvhboot/"] + [f"  {path:<{width}}{summary}" for path, summary in rows]
+    lines += ["tests/ unit/ property/ differential/ kvm/ rig/",
+              "bench/       `make bench`: every measurement side by side with its peer, as ratios"]
+    return "\n".join(lines) + "\n"
 
 
 def _module_name(path: Path) -> tuple[str, bool]:
@@ -127,15 +110,33 @@ def _violations(layer: str) -> list[str]:
                 bad.append(f"{where} (devices may use only {sorted(DEVICES_MEMORY)} of memory)")
         elif layer in STDLIB_ONLY and top not in sys.stdlib_module_names:
             bad.append(f"{where} ({layer} uses the standard library only)")
-        elif top in IOCTL_MODULES and layer != "kvm":
+        elif top in IOCTL_MODULES and layer != RULES["ioctl_layer"]:
             bad.append(f"{where} (only kvm/ issues ioctls)")
     return bad
 
 
 def test_every_layer_has_a_rule():
     layers = {layer_of(m) for m in _modules()}
-    assert layers - set(ALLOWED) == set(), "a new layer: decide what it may import and add it to ALLOWED"
-    assert {"abi", "image", "memory", "kvm", "boot", "devices", "vmm", "commands", "cli"} <= layers
+    assert layers - set(ALLOWED) == set(), "a new layer: decide what it may import and add it to layers.toml"
+    assert {"abi", "image", "memory", "kvm", "boot", "devices", "vmm", "commands", "cli", "rig", "probe",
+            "initramfs"} <= layers
+    for name, layer in LAYERS.items():
+        assert set(layer) <= {"path", "summary", "may_import", "why"}, name
+        assert ("path" in layer) == ("summary" in layer), name
+        assert set(layer["may_import"]) <= set(LAYERS), f"{name} may import an unknown layer"
+
+
+def test_readme_layout_is_the_map():
+    """The README's Layout block is generated from layers.toml (print layout_text() to update it)."""
+    text = README.read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1].lstrip("\n")
+    assert block == layout_text(), "README layout differs from layers.toml:\n" + layout_text()
+
+
+def test_the_runtime_does_not_choose_a_guest():
+    """vmm/ boots the kernel it is given; the default guest (the probe) is the commands' choice."""
+    assert "probe" not in ALLOWED["vmm"]
+    assert not [t for s, _, t in IMPORTS if layer_of(s) == "vmm" and layer_of(t) == "probe"]
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))

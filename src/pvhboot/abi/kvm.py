@@ -116,6 +116,31 @@ class kvm_coalesced_mmio_zone(ctypes.Structure):
 check_layout(kvm_coalesced_mmio_zone, 16, addr=0, size=8, pio=12)
 
 
+class kvm_ioeventfd(ctypes.Structure):
+    """KVM_IOEVENTFD (api.rst 4.59): a guest write to [addr, addr+len) (matching datamatch when
+    KVM_IOEVENTFD_FLAG_DATAMATCH) signals the eventfd ``fd`` inside KVM, with no exit to user space."""
+
+    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", ctypes.c_int32), ("flags", u32),
+                ("pad", u8 * 36)]
+
+
+check_layout(kvm_ioeventfd, 64, datamatch=0, addr=8, len=16, fd=20, flags=24)
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0  # kvm_ioeventfd_flag_nr_datamatch
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+
+class kvm_irqfd(ctypes.Structure):
+    """KVM_IRQFD (api.rst 4.75): a write to eventfd ``fd`` injects an edge on ``gsi`` inside KVM."""
+
+    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
+
+
+check_layout(kvm_irqfd, 32, fd=0, gsi=4, flags=8, resamplefd=12)
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+
+
 class kvm_coalesced_mmio(ctypes.Structure):
     _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
 
@@ -467,7 +492,9 @@ KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
 KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, kvm_irq_level)
 KVM_REGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x68, kvm_coalesced_mmio_zone)
+KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
 # vCPU ioctls
 KVM_RUN = _IO(KVMIO, 0x80)
 KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)

@@ -19,6 +19,17 @@ The DSDT, as ASL (what ``iasl -d`` gives back)::
             }
         }
         Name (_S5, Package (0x04) { 0x05, Zero, Zero, Zero })
+        Scope (\\_SB) {                      // one per virtio-mmio transport, as QEMU's microvm
+            Device (VR00) {
+                Name (_HID, "LNRO0005")       // Linux's virtio_mmio_acpi_match
+                Name (_UID, Zero)
+                Name (_CCA, One)              // cache coherent DMA
+                Name (_CRS, ResourceTemplate () {
+                    Memory32Fixed (ReadWrite, 0xD0100000, 0x00000200)
+                    Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {16}
+                })
+            }
+        }
     }
 
 A HW-reduced guest powers off by writing (SLP_TYP << 2) | SLP_EN = (5 << 2) | 0x20 = 0x34 to the
@@ -86,7 +97,21 @@ def _finish(table: bytearray) -> bytes:
     return bytes(table)
 
 
-def build_dsdt() -> bytes:
+VIRTIO_MMIO_HID = "LNRO0005"  # drivers/virtio/virtio_mmio.c virtio_mmio_acpi_match
+
+
+def virtio_mmio_device(index: int, base: int, size: int, gsi: int) -> bytes:
+    """The DSDT Device for one virtio-mmio transport (edge-triggered: KVM_IRQFD delivers edges)."""
+    return aml.device(
+        f"VR{index:02X}",
+        aml.name("_HID", aml.string(VIRTIO_MMIO_HID)),
+        aml.name("_UID", aml.integer(index)),
+        aml.name("_CCA", aml.integer(1)),
+        aml.name("_CRS", aml.resource_template(aml.memory32_fixed(base, size), aml.interrupt(gsi))))
+
+
+def build_dsdt(virtio_mmio: tuple[tuple[int, int, int], ...] = ()) -> bytes:
+    """``virtio_mmio``: (base, size, gsi) of each virtio-mmio transport the VMM creates."""
     body = (
         aml.scope("\\_SB_", aml.device(
             "COM1",
@@ -101,6 +126,8 @@ def build_dsdt() -> bytes:
         + aml.name("_S5_", aml.package(aml.integer(L.ACPI_SLP_TYP_S5), aml.integer(0),
                                        aml.integer(0), aml.integer(0)))
     )
+    if virtio_mmio:
+        body += aml.scope("\\_SB_", *(virtio_mmio_device(i, *slot) for i, slot in enumerate(virtio_mmio)))
     hdr = _header(b"DSDT", ctypes.sizeof(acpi_table_header) + len(body), DSDT_REVISION, b"PVHBDSDT")
     return _finish(bytearray(bytes(hdr) + body))
 
@@ -175,11 +202,12 @@ def _align(x: int) -> int:
     return (x + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
 
 
-def build_acpi_tables(cpus: int, base: int = L.RSDP_ADDR) -> AcpiTables:
+def build_acpi_tables(cpus: int, base: int = L.RSDP_ADDR,
+                      virtio_mmio: tuple[tuple[int, int, int], ...] = ()) -> AcpiTables:
     """Every table with its address: RSDP at ``base``, then XSDT, FADT, MADT, DSDT from base+0x40."""
     if not 1 <= cpus <= 255:
         raise ValueError(f"cpus {cpus} out of range for the MADT")
-    dsdt = build_dsdt()
+    dsdt = build_dsdt(virtio_mmio)
     madt = build_madt(cpus)
     fadt_len = ctypes.sizeof(acpi_table_fadt)
     xsdt_len = ctypes.sizeof(acpi_table_header) + 2 * 8
@@ -194,15 +222,16 @@ def build_acpi_tables(cpus: int, base: int = L.RSDP_ADDR) -> AcpiTables:
                              ("DSDT", dsdt_addr, dsdt)))
 
 
-def acpi_tables_size(cpus: int) -> int:
+def acpi_tables_size(cpus: int, virtio_mmio: tuple[tuple[int, int, int], ...] = ()) -> int:
     """Bytes from layout.ACPI_TABLES_START to the end of the last table (for the memory plan)."""
-    t = build_acpi_tables(cpus)
+    t = build_acpi_tables(cpus, virtio_mmio=virtio_mmio)
     return t.end - (t.rsdp_addr + TABLES_OFFSET)
 
 
-def configure_acpi(mem, cpus: int, base: int = L.RSDP_ADDR) -> int:
+def configure_acpi(mem, cpus: int, base: int = L.RSDP_ADDR,
+                   virtio_mmio: tuple[tuple[int, int, int], ...] = ()) -> int:
     """Write the tables into guest memory; returns the RSDP's address."""
-    t = build_acpi_tables(cpus, base)
+    t = build_acpi_tables(cpus, base, virtio_mmio)
     for _, addr, data in t.tables:
         mem.write(addr, data)
     return t.rsdp_addr

@@ -32,6 +32,11 @@ RETURN_OP = 0xA4
 IRQ_NO_FLAGS_TAG = 0x22  # IRQ descriptor, type 0x04, length 2 (no information byte)
 IO_PORT_TAG = 0x47  # I/O port descriptor, type 0x08, length 7
 END_TAG = 0x79  # End Tag, type 0x0F, length 1
+# Large resource descriptor tags (ACPI 6.5 §6.4.3): bit 7 set | item name.
+MEMORY32_FIXED_TAG = 0x86  # 32-bit Fixed Memory Range Descriptor (§6.4.3.4), 9 bytes of data
+EXTENDED_IRQ_TAG = 0x89  # Extended Interrupt Descriptor (§6.4.3.6)
+MEMORY32_READ_WRITE = 0x01  # information bit 0: writeable
+IRQ_CONSUMER, IRQ_EDGE, IRQ_ACTIVE_LOW, IRQ_SHARED = 0x01, 0x02, 0x04, 0x08  # §6.4.3.6 byte 3
 IO_DECODE16 = 0x01  # I/O descriptor information bit 0: full 16-bit decode
 
 
@@ -154,6 +159,22 @@ def irq_no_flags(*irqs: int) -> bytes:
             raise ValueError(f"ISA IRQ {irq} out of range")
         mask |= 1 << irq
     return bytes([IRQ_NO_FLAGS_TAG]) + mask.to_bytes(2, "little")
+
+
+def memory32_fixed(base: int, length: int, writeable: bool = True) -> bytes:
+    """Memory32Fixed (ReadWrite, base, length): 12-byte large descriptor (§6.4.3.4)."""
+    return (bytes([MEMORY32_FIXED_TAG]) + (9).to_bytes(2, "little") + bytes([MEMORY32_READ_WRITE if writeable else 0])
+            + base.to_bytes(4, "little") + length.to_bytes(4, "little"))
+
+
+def interrupt(*gsis: int, edge: bool = True, active_low: bool = False, shared: bool = False) -> bytes:
+    """Interrupt (ResourceConsumer, Edge|Level, ActiveHigh|Low, Exclusive|Shared) {gsis} (§6.4.3.6)."""
+    if not 1 <= len(gsis) <= 255:
+        raise ValueError("an interrupt descriptor lists 1..255 interrupts")
+    flags = (IRQ_CONSUMER | (IRQ_EDGE if edge else 0) | (IRQ_ACTIVE_LOW if active_low else 0)
+             | (IRQ_SHARED if shared else 0))
+    body = bytes([flags, len(gsis)]) + b"".join(g.to_bytes(4, "little") for g in gsis)
+    return bytes([EXTENDED_IRQ_TAG]) + len(body).to_bytes(2, "little") + body
 
 
 def resource_template(*descriptors: bytes) -> bytes:

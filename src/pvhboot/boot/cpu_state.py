@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..image.model import Protocol
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -39,7 +41,7 @@ class DescriptorTable:
 class CpuState:
     """Everything the boot vCPU needs before its first KVM_RUN."""
 
-    protocol: str  # "pvh" | "linux32" | "linux64"
+    protocol: Protocol
     rip: int
     rsp: int = 0
     rflags: int = 0x2  # bit 1 is reserved and always set
@@ -165,12 +167,12 @@ def _busy_tss() -> Segment:
 _LDT = Segment(selector=0, base=0, limit=0xFFFF, type=SEG_TYPE_LDT, present=1)
 
 
-def build_gdt(protocol: str) -> bytes:
+def build_gdt(protocol: Protocol) -> bytes:
     """The boot GDT for ``protocol`` as bytes: null, null, __BOOT_CS, __BOOT_DS, busy TSS (16 bytes).
 
     __BOOT_CS is a 64-bit code segment for linux64 and a 32-bit one for pvh and linux32.
     """
-    entries = [0, 0, gdt_entry_from_segment(_flat_code(protocol == "linux64")),
+    entries = [0, 0, gdt_entry_from_segment(_flat_code(Protocol(protocol) is Protocol.LINUX64)),
                gdt_entry_from_segment(_flat_data()), gdt_entry_from_segment(_busy_tss()),
                0]  # upper half of the 16-byte long-mode TSS descriptor: base[63:32] = 0
     return b"".join(e.to_bytes(8, "little") for e in entries)
@@ -198,7 +200,7 @@ def build_page_tables(pml4: int, pdpt: int, pd: int, size: int) -> bytes:
     return bytes(out)
 
 
-def build_cpu_state(protocol: str, *, entry: int, boot_info: int, gdt_base: int, gdt_size: int,
+def build_cpu_state(protocol: Protocol, *, entry: int, boot_info: int, gdt_base: int, gdt_size: int,
                     idt_base: int, idt_size: int, stack_pointer: int = 0, cr3: int = 0) -> CpuState:
     """Initial boot-vCPU state for ``protocol``.
 
@@ -215,17 +217,18 @@ def build_cpu_state(protocol: str, *, entry: int, boot_info: int, gdt_base: int,
     data = _flat_data()
     common = dict(rip=entry, rflags=X86_EFLAGS_FIXED, ds=data, es=data, fs=data, gs=data, ss=data,
                   tr=_busy_tss(), ldt=_LDT, gdt=gdt, idt=idt)
-    if protocol == "pvh":
-        return CpuState(protocol="pvh", rsp=stack_pointer, gprs={"rbx": boot_info}, cr0=X86_CR0_PE,
+    protocol = Protocol(protocol)
+    if protocol is Protocol.PVH:
+        return CpuState(protocol=protocol, rsp=stack_pointer, gprs={"rbx": boot_info}, cr0=X86_CR0_PE,
                         cr4=0, efer=0, cs=_flat_code(False), **common)
-    if protocol == "linux32":
-        return CpuState(protocol="linux32", rsp=stack_pointer,
+    if protocol is Protocol.LINUX32:
+        return CpuState(protocol=protocol, rsp=stack_pointer,
                         gprs={"rsi": boot_info, "rbp": 0, "rdi": 0, "rbx": 0},
                         cr0=X86_CR0_PE | X86_CR0_ET, cr4=0, efer=0, cs=_flat_code(False), **common)
-    if protocol == "linux64":
+    if protocol is Protocol.LINUX64:
         if not cr3:
             raise ValueError("linux64 needs page tables (cr3)")
-        return CpuState(protocol="linux64", rsp=stack_pointer, gprs={"rsi": boot_info},
+        return CpuState(protocol=protocol, rsp=stack_pointer, gprs={"rsi": boot_info},
                         cr0=X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG, cr3=cr3,
                         cr4=X86_CR4_PAE, efer=EFER_LME | EFER_LMA, cs=_flat_code(True), **common)
     raise ValueError(f"unknown protocol {protocol!r}")

@@ -1,37 +1,40 @@
-"""``load_guest``: write every blob of a :class:`MemoryPlan` into GuestMemory and return the boot
-vCPU's state.  The only code in boot/ that touches guest memory in bulk (kernel, initrd)."""
+"""``load_guest``: write every blob of a :class:`BootPlan` into GuestMemory and return the boot
+vCPU's state.  The only code in boot/ that touches guest memory in bulk (kernel, initrd).  It
+decides nothing: every address, byte string and header comes from the plan."""
 from __future__ import annotations
 
 import os
 
 from ..errors import BootError, ConfigError, LayoutError
 from ..files import INITRD_LIMIT, open_regular
+from ..image.model import Protocol
+from ..image.relocs import apply_relocations
+from ..memory import GuestMemory
 from ..memory import layout as L
 from .acpi import configure_acpi
-from .config import BootConfig, LoadedGuest, MemoryPlan
+from .config import Blob, BootPlan, LoadedGuest
 from .cpu_state import build_cpu_state, build_gdt, build_page_tables
-from .linux import build_boot_params, configure_zero_page, synthesize_setup_header
-from .plan import bzimage_setup_header, encode_cmdline, kernel_blobs
+from .linux import build_boot_params, configure_zero_page
 from .pvh import configure_start_info
 
 
-def _load_kernel(mem, kernel, plan: MemoryPlan, fresh: bool) -> None:
-    blobs, _ = kernel_blobs(kernel, plan.protocol)
-    fd = _open_kernel_file(kernel) if any(b.source is getattr(kernel.elf, "data", None) for b in blobs) else None
+def _load_kernel(mem: GuestMemory, plan: BootPlan, fresh: bool) -> None:
+    segments = plan.segments
+    fd = _open_kernel_file(plan.kernel) if any(s.from_elf_file for s in segments) else None
     try:
-        for b in blobs:
-            if b.filesz:
-                if fd is not None and b.source is kernel.elf.data:
+        for s in segments:
+            if s.filesz:
+                if fd is not None and s.from_elf_file:
                     # The vmlinux file itself: its pages are mapped copy-on-write where the file
                     # offset and the guest address agree modulo the page size (PT_LOAD segments do),
                     # the rest is read; ~30 MB of a distro kernel are then not copied (bench 3).
-                    mem.load_file(b.addr, fd, b.offset, b.filesz)
+                    mem.load_file(s.addr, fd, s.offset, s.filesz)
                 else:
                     # A memoryview slice of the (possibly mmapped) file: one copy, straight into RAM.
-                    mem.write(b.addr, memoryview(b.source)[b.offset : b.offset + b.filesz])
-            if b.zero_fill and b.memsz > b.filesz and not fresh:
+                    mem.write(s.addr, memoryview(s.source)[s.offset : s.offset + s.filesz])
+            if s.zero_fill and s.memsz > s.filesz and not fresh:
                 # The ELF bss.  Fresh anonymous mappings are already zero; a reused one is not.
-                mem.view(b.addr + b.filesz, b.memsz - b.filesz)[:] = bytes(b.memsz - b.filesz)
+                mem.view(s.addr + s.filesz, s.memsz - s.filesz)[:] = bytes(s.memsz - s.filesz)
     finally:
         if fd is not None:
             os.close(fd)
@@ -40,8 +43,7 @@ def _load_kernel(mem, kernel, plan: MemoryPlan, fresh: bool) -> None:
 def _open_kernel_file(kernel) -> int | None:
     """A read-only fd on the ELF file ``kernel`` was described from, if its path still names that
     very file (same device, inode, size and mtime as when load_kernel read it); else None (copy)."""
-    extra = getattr(kernel, "extra", None) or {}
-    ident = extra.get("file_id") if getattr(kernel, "format", None) == "elf" else None
+    ident = kernel.file_id
     if ident is None:
         return None
     try:
@@ -76,59 +78,58 @@ def _load_initrd(mem, path: str, addr: int, size: int) -> None:
         raise BootError(f"initrd {path} changed size while loading ({got} of {size} bytes read)")
 
 
-def load_guest(kernel, config: BootConfig, plan: MemoryPlan, mem, *, fresh: bool = True) -> LoadedGuest:
-    """Write kernel, initrd, command line, protocol structures, ACPI tables, GDT/IDT and page tables.
+def load_guest(plan: BootPlan, mem: GuestMemory, *, fresh: bool = True) -> LoadedGuest:
+    """Write kernel, initrd, command line, protocol structures, ACPI tables, GDT/IDT and page tables
+    where ``plan`` says.
 
     ``fresh`` says ``mem`` is newly mapped (all zero), so bss and unused tables need no clearing.
     """
+    config = plan.config
     for gpa, size in plan.ram_ranges:
         if not mem.contains(gpa, size):
             raise LayoutError(f"guest memory does not back the planned RAM {gpa:#x}+{size:#x}")
-    _load_kernel(mem, kernel, plan, fresh)
+    _load_kernel(mem, plan, fresh)
+    where = plan.kernel_placement
+    if where.virt_offset:  # --kaslr: the kernel's virtual base moves (what the bzImage decompressor does)
+        apply_relocations(where.relocations, where.virt_offset,
+                          [(s.addr - where.offset, mem.view(s.addr, s.filesz)) for s in plan.segments if s.filesz])
 
-    names = {p.name: p for p in plan.placements}
-    initrd = names.get("initrd")
+    initrd = plan.get(Blob.INITRD)
     if initrd is not None:
         if config.initrd is None:
             raise BootError("the plan has an initrd but the configuration names no file")
         _load_initrd(mem, config.initrd, initrd.addr, initrd.size)
 
-    cmdline = encode_cmdline(kernel, config.cmdline)
-    cmdline_addr = names["cmdline"].addr
-    mem.write(cmdline_addr, cmdline)
+    cmdline_addr = plan.find(Blob.CMDLINE).addr
+    mem.write(cmdline_addr, plan.cmdline)
 
-    rsdp_addr = configure_acpi(mem, config.cpus, L.RSDP_ADDR) if config.acpi else None
+    rsdp_addr = (configure_acpi(mem, config.cpus, plan.find(Blob.ACPI_RSDP).addr, config.virtio_mmio)
+                 if config.acpi else None)
 
-    gdt = build_gdt(plan.protocol)
-    mem.write(L.BOOT_GDT_START, gdt)
-    mem.write(L.BOOT_IDT_START, bytes(L.BOOT_IDT_SIZE))
+    gdt, idt = plan.find(Blob.GDT), plan.find(Blob.IDT)
+    gdt_bytes = build_gdt(plan.protocol)
+    mem.write(gdt.addr, gdt_bytes)
+    mem.write(idt.addr, bytes(idt.size))
 
     cr3 = 0
-    if plan.protocol == "pvh":
-        modules = [(initrd.addr, initrd.size)] if initrd is not None else []
-        configure_start_info(mem, start_info_addr=L.PVH_INFO_START,
+    boot_info = plan.boot_info.addr
+    if plan.protocol is Protocol.PVH:
+        modlist, memmap = plan.get(Blob.MODLIST), plan.get(Blob.MEMMAP)
+        configure_start_info(mem, start_info_addr=boot_info,
                              version=config.start_info_version, cmdline_addr=cmdline_addr,
-                             rsdp_addr=rsdp_addr, modlist_addr=L.MODLIST_START, modules=modules,
-                             memmap_addr=L.MEMMAP_START, e820=plan.e820)
-        boot_info = L.PVH_INFO_START
+                             rsdp_addr=rsdp_addr, modlist_addr=modlist.addr if modlist else 0,
+                             modules=[(initrd.addr, initrd.size)] if initrd is not None else [],
+                             memmap_addr=memmap.addr if memmap else 0, e820=plan.e820)
     else:
-        if kernel.bzimage is not None:
-            header = bzimage_setup_header(kernel)
-        else:
-            header = synthesize_setup_header(code32_start=min(p.addr for p in plan.placements
-                                                              if p.name.startswith("kernel")))
-        params = build_boot_params(header=header, e820=plan.e820, cmdline_addr=cmdline_addr,
+        params = build_boot_params(header=plan.setup_header, e820=plan.e820, cmdline_addr=cmdline_addr,
                                    initrd=(initrd.addr, initrd.size) if initrd is not None else None,
                                    rsdp_addr=rsdp_addr)
-        configure_zero_page(mem, L.ZERO_PAGE_START, params)
-        boot_info = L.ZERO_PAGE_START
-        if plan.protocol == "linux64":
-            mem.write(L.PML4_START, build_page_tables(L.PML4_START, L.PDPTE_START, L.PDE_START,
-                                                      L.IDENTITY_MAP_SIZE))
-            cr3 = L.PML4_START
+        configure_zero_page(mem, boot_info, params)
+        if plan.protocol is Protocol.LINUX64:
+            cr3 = plan.find(Blob.PAGE_TABLES).addr
+            mem.write(cr3, build_page_tables(cr3, L.PDPTE_START, L.PDE_START, L.IDENTITY_MAP_SIZE))
 
     cpu = build_cpu_state(plan.protocol, entry=plan.entry, boot_info=boot_info,
-                          gdt_base=L.BOOT_GDT_START, gdt_size=len(gdt), idt_base=L.BOOT_IDT_START,
-                          idt_size=L.BOOT_IDT_SIZE, stack_pointer=L.BOOT_STACK_POINTER, cr3=cr3)
-    return LoadedGuest(plan=plan, cpu=cpu, rsdp_addr=rsdp_addr,
-                       extra={"boot_info": boot_info, "cmdline_addr": cmdline_addr})
+                          gdt_base=gdt.addr, gdt_size=len(gdt_bytes), idt_base=idt.addr,
+                          idt_size=idt.size, stack_pointer=L.BOOT_STACK_POINTER, cr3=cr3)
+    return LoadedGuest(plan=plan, cpu=cpu, rsdp_addr=rsdp_addr)

@@ -11,7 +11,7 @@ import sys
 
 from ..files import write_output
 from ._util import builtin_probe
-from .vm_options import add_vm_options, vm_config_from_args
+from .vm_options import add_vm_options, print_placement, vm_config_from_args
 
 EXIT_CRASH = 1
 EXIT_STATUS_HELP = (
@@ -40,6 +40,8 @@ def run(args) -> int:
     config = vm_config_from_args(args, kernel=args.kernel or builtin_probe())
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     with MicroVM(config=config, stdin=stdin_is_tty) as vm:
+        vm.build()
+        print_placement(vm.loaded.plan.kernel_placement)
         record = vm.run()
     if config.events_json:
         write_output(config.events_json, [record.to_json_bytes()], "--events-json",

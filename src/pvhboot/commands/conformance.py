@@ -18,6 +18,7 @@ import sys
 
 from ..errors import ConfigError
 from ..files import CONSOLE_LOG_LIMIT, read_regular
+from ..image.model import Protocol
 from ._util import builtin_probe, rich_console
 from .vm_options import add_vm_options, vm_config_from_args
 
@@ -31,8 +32,9 @@ def add_parser(subparsers):
         "conformance", help="run the probe under pvhboot or another VMM and check the boot ABI",
         description="Run pvhboot's probe guest (under pvhboot, or under the VMM command given after --, "
                     f"with {PLACEHOLDER} replaced by the probe's path) and print each ABI rule it checked.")
-    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout"),
-                   memory="64M", timeout=60.0, protocols=("pvh", "linux64"), protocol="pvh")
+    add_vm_options(p, include=("memory", "cpus", "initrd", "cmdline", "protocol", "timeout", "placement",
+                                "seccomp"),
+                   memory="64M", timeout=60.0, protocols=(Protocol.PVH.value, Protocol.LINUX64.value), protocol="pvh")
     p.add_argument("--report", metavar="FILE", help="judge a saved console log instead of running a VMM")
     p.add_argument("--facts", action="store_true", help="also print every fact the probe reported")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -1,7 +1,7 @@
 """`pvhboot inspect KERNEL [--json]`: what is this kernel file, and how can it be booted?"""
 from __future__ import annotations
 
-from ..abi.xen_notes import DESCRIPTIONS, PHYS32_RELOC_FIELDS, XEN_ELFNOTE
+from ..abi.xen_notes import DESCRIPTIONS
 from ..image import STARTUP_64_OFFSET, KernelImage, load_kernel
 from ._util import emit_report, rich_console
 
@@ -33,7 +33,7 @@ def _json_value(value):
 def build_report(k: KernelImage) -> dict:
     """The JSON document `inspect --json` prints (pure data: ints, strings, lists, dicts)."""
     elf, bz = k.elf, k.bzimage
-    reloc = elf.note(XEN_ELFNOTE.PHYS32_RELOC) if elf else None
+    reloc = elf.reloc_window if elf else None
     report: dict = {
         "path": k.path,
         "format": k.format,
@@ -47,8 +47,10 @@ def build_report(k: KernelImage) -> dict:
         "compression": bz.compression if bz else None,
         "linux_version": k.linux_version,
         "build_id": elf.build_id if elf else None,
-        "phys32_reloc": (dict(zip(PHYS32_RELOC_FIELDS, reloc.value))
-                         if reloc is not None and isinstance(reloc.value, tuple) else None),
+        # the window a PVH loader may move the kernel in (absent fields: Xen's defaults)
+        "phys32_reloc": reloc.to_json() if reloc is not None else None,
+        # the table a loader applies to move the virtual base (pvhboot boot --kaslr, PVH)
+        "relocations": _relocations(elf),
         "elf_class": elf.elf_class if elf else None,
         "machine": elf.machine if elf else None,
         "e_entry": elf.e_entry if elf else None,
@@ -63,6 +65,13 @@ def build_report(k: KernelImage) -> dict:
             "kernel_version_string": bz.version_string,
         })
     return report
+
+
+def _relocations(elf) -> dict | None:
+    from ..image.relocs import read_relocations
+
+    r = read_relocations(elf) if elf is not None else None
+    return None if r is None else {"rel32": len(r.rel32), "inv32": len(r.inv32), "rel64": len(r.rel64)}
 
 
 def _hex(v) -> str:
@@ -87,7 +96,11 @@ def print_report(r: dict) -> None:
     for proto, addr in r["entries"].items():
         summary.add_row(f"entry {proto}", _hex(addr))
     if r["phys32_reloc"]:
-        summary.add_row("phys32 reloc", ", ".join(f"{k} {v:#x}" for k, v in r["phys32_reloc"].items()))
+        w = r["phys32_reloc"]
+        summary.add_row("phys32 reloc", f"load anywhere in [{w['min']:#x}, {w['max']:#x}] aligned to {w['align']:#x}")
+    if r.get("relocations"):
+        summary.add_row("relocations", ", ".join(f"{n} {k}" for k, n in r["relocations"].items())
+                        + " (the virtual base can move)")
     console.print(summary)
 
     if r.get("setup_header"):

@@ -1,4 +1,5 @@
-"""`pvhboot plan KERNEL [--memory 512M] [--initrd F] [--cmdline S] [--cpus N] [--protocol P] [--json]`:
+"""`pvhboot plan KERNEL [--memory 512M] [--initrd F] [--cmdline S] [--cpus N] [--protocol P]
+[--load-addr ADDR | --kaslr[=SEED]] [--json]`:
 the builder's dry run -- the memory map the guest would be told and where every blob would go.
 Nothing is mapped or written."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ from ..boot.plan import format_size
 from ..image import load_kernel
 from ..memory import layout as L
 from ._util import emit_report, rich_console
-from .vm_options import PLAN_OPTIONS, add_vm_options, vm_config_from_args
+from .vm_options import PLAN_OPTIONS, add_vm_options, describe_placement, vm_config_from_args
 
 
 def add_parser(subparsers):
@@ -25,11 +26,17 @@ def add_parser(subparsers):
 
 
 def build_report(kernel, config: BootConfig, plan) -> dict:
+    where = plan.kernel_placement
     return {
         "kernel": kernel.path,
         "format": kernel.format,
-        "protocol": plan.protocol,
+        "protocol": plan.protocol.value,
         "entry": plan.entry,
+        "kernel_placement": {"load_addr": where.load_addr, "link_addr": where.link_addr,
+                             "offset": where.offset, "kaslr_seed": where.kaslr_seed,
+                             "virt_offset": where.virt_offset,
+                             "relocations": len(where.relocations) if where.relocations else None,
+                             "phys32_reloc": where.window.to_json() if where.window else None},
         "memory": plan.memory,
         "cpus": config.cpus,
         "cmdline": config.cmdline,
@@ -50,6 +57,14 @@ def print_report(report: dict) -> None:
     console.print(f"[bold]{escape(report['kernel'])}[/bold] ({report['format']}): protocol "
                   f"[bold]{report['protocol']}[/bold], entry {report['entry']:#x}, "
                   f"{format_size(report['memory'])} RAM, {report['cpus']} vCPU(s)")
+    where = report["kernel_placement"]
+    if where["phys32_reloc"]:
+        w = where["phys32_reloc"]
+        console.print(f"PHYS32_RELOC window: {format_size(w['align'])}-aligned load addresses in "
+                      f"[{w['min']:#x}, {w['max']:#x}]")
+    line = describe_placement(where["load_addr"], where["link_addr"], where["kaslr_seed"], where["virt_offset"])
+    if line:
+        console.print(line)
     e820 = Table(title="Memory map told to the guest (e820 / PVH memmap)")
     for col in ("start", "end", "size", "type"):
         e820.add_column(col, justify="right" if col != "type" else "left")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from .vm_options import add_vm_options, vm_config_from_args
+from .vm_options import add_vm_options, print_placement, vm_config_from_args
 
 BEGIN_MARKER = b"PVHBOOT-BEGIN"
 EXIT_MARKER = b"PVHBOOT-EXIT="
@@ -33,8 +33,10 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def render_init(cmd: list[str], *, workdir: str = "/root") -> str:
-    """The /init shell script that runs ``cmd`` (argv, quoted for sh) and reports its status."""
+def render_init(cmd: list[str], *, workdir: str = "/root", prelude: str = "", command: str | None = None) -> str:
+    """The /init shell script that runs ``cmd`` (argv, quoted for sh) and reports its status.
+    ``prelude``: lines run before the command (module loading, mounts: _run_virtio.py);
+    ``command``: the shell line to run instead of ``cmd`` quoted (e.g. chrooted)."""
     if not cmd:
         raise ConfigError("no command given (usage: pvhboot run [options] -- CMD ARGS...)")
     import shlex  # lazily: `pvhboot boot` imports every subcommand module (cli.build_parser)
@@ -50,9 +52,9 @@ mount -t tmpfs tmpfs /run
 # Only emergencies from the kernel on the console from here on: the user's output stays clean.
 echo 1 > /proc/sys/kernel/printk
 export PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin HOME={workdir} TERM=${{TERM:-linux}}
-cd {shlex.quote(workdir)}
+{prelude}cd {shlex.quote(workdir)}
 echo {BEGIN_MARKER.decode()}
-{shlex.join(cmd)}
+{command or shlex.join(cmd)}
 rc=$?
 echo "{EXIT_MARKER.decode()}$rc"
 poweroff -f
@@ -95,7 +97,7 @@ def _is_dynamic(path: str) -> bool:
 
 
 def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
-                        files: list[tuple[str, str]] = ()) -> None:
+                        files: list[tuple[str, str]] = (), devices=None) -> None:
     """Stream the initramfs for ``cmd`` to ``out``: busybox with its applet links, /dev/console
     (the kernel opens it for init before devtmpfs exists), the generated /init, and extra host
     files as (host path, guest path) pairs."""
@@ -114,9 +116,16 @@ def write_run_initramfs(out, cmd: list[str], *, busybox: str | None = None,
                 cpio.add_symlink(applet, "../" * depth + "bin/busybox")
         cpio.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
         cpio.add_file("etc/group", b"root:x:0:\n")
+        init = render_init(cmd)
+        if devices is not None and devices.any:  # virtio disks / shared directories (_run_virtio.py)
+            from . import _run_virtio
+
+            init = render_init(cmd, prelude=_run_virtio.prelude(devices, list(files)),
+                               command=_run_virtio.command_line(devices, cmd))
+            files = _run_virtio.pack(cpio, devices, list(files))
         for host, guest in files:
             cpio.add_file_from(guest, host)
-        cpio.add_file("init", render_init(cmd).encode(), mode=0o755)
+        cpio.add_file("init", init.encode(), mode=0o755)
 
 
 def _version_key(path: Path) -> list:
@@ -223,7 +232,17 @@ def add_parser(subparsers):
                     "with CMD's status.")
     p.add_argument("--kernel", help="kernel (bzImage or vmlinux); default: $PVHBOOT_KERNEL, "
                                     "else the cached Debian cloud kernel, else /boot/vmlinuz-*")
-    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol"), memory="256M")
+    add_vm_options(p, include=("memory", "cpus", "timeout", "protocol", "placement", "seccomp", "disks"),
+                   memory="256M")
+    p.add_argument("--root", metavar="DIR", help="host directory the guest sees as / (read-only, writes go to "
+                   "a tmpfs overlay; default: the host's /, through virtio-fs and virtiofsd)")
+    p.add_argument("--no-root", action="store_true", help="no host root: the command runs in the initramfs")
+    p.add_argument("--rodir", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="show a host directory read-only at GUEST (default: the same path)")
+    p.add_argument("--rwdir", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="show a host directory writable through at GUEST (default: the same path)")
+    p.add_argument("--cwd", metavar="DIR", help="guest working directory (default: the current directory "
+                   "with the host root, else /root)")
     p.add_argument("--append", default="", help="extra kernel command-line arguments")
     p.add_argument("--file", action="append", default=[], metavar="HOST[:GUEST]",
                    help="copy a host file into the guest (default: same path)")
@@ -255,14 +274,16 @@ def run(args) -> int:
     config = vm_config_from_args(args, cmdline=cmdline)  # the options, checked before any work
     files = _parse_files(args.file)
     busybox = find_busybox()
+    kernel = Path(args.kernel) if args.kernel else find_kernel()
+    from ._run_virtio import plan_devices
+    devices = plan_devices(args, config, kernel)
     if args.initramfs_out:
         from ..files import write_output
 
         buf = io.BytesIO()
-        write_run_initramfs(buf, cmd, busybox=busybox, files=files)
+        write_run_initramfs(buf, cmd, busybox=busybox, files=files, devices=devices)
         write_output(args.initramfs_out, [buf.getvalue()], "--initramfs-out")
         return 0
-    kernel = Path(args.kernel) if args.kernel else find_kernel()
     try:
         from ..vmm import MicroVM
     except ImportError as e:  # the VMM is a separate layer; say so rather than a traceback
@@ -277,10 +298,13 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="pvhboot-run-") as tmp:
         initrd = os.path.join(tmp, "initramfs.cpio")
         with open(initrd, "wb") as f:
-            write_run_initramfs(f, cmd, busybox=busybox, files=files)
-        vm = MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd), console=console,
-                     stdin=sys.stdin is not None and sys.stdin.isatty())
-        record = vm.run()
+            write_run_initramfs(f, cmd, busybox=busybox, files=files, devices=devices)
+        with MicroVM(config=config.with_(kernel=str(kernel), initrd=initrd, shares=tuple(devices.shares),
+                                         virtio_console=devices.console),
+                     console=console, stdin=sys.stdin is not None and sys.stdin.isatty()) as vm:
+            vm.build()
+            print_placement(vm.loaded.plan.kernel_placement)
+            record = vm.run()  # leaving the block stops virtiofsd
     if console.exit_status is not None:
         return console.exit_status
     # The command never reported: show what was hidden and why the VM stopped.

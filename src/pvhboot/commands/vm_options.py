@@ -1,5 +1,6 @@
 """The VM options (--memory, --cpus, --protocol, --cmdline, --initrd, --timeout, --symbols,
---events-json, --no-coalesced-uart), declared once for every command that starts or plans a VM.
+--events-json, --no-coalesced-uart, --load-addr / --kaslr[=SEED], --no-seccomp, --disk, --share), declared
+once for every command that starts or plans a VM.
 
 ``add_vm_options(parser, ...)`` adds the subset a command takes, with that command's defaults;
 ``vm_config_from_args(args)`` turns the parsed text into a :class:`pvhboot.vmm.config.VmConfig`,
@@ -13,8 +14,8 @@ import re
 from ..errors import ConfigError
 
 ALL_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "timeout", "symbols", "events_json",
-               "coalesced_uart")
-PLAN_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd")
+               "coalesced_uart", "placement", "seccomp", "disks", "shares")
+PLAN_OPTIONS = ("memory", "cpus", "protocol", "cmdline", "initrd", "placement")
 """What `plan` takes: the options that change the memory plan."""
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
@@ -33,10 +34,10 @@ def add_vm_options(parser: argparse.ArgumentParser, *, include=ALL_OPTIONS, memo
                    timeout: float | None = None, protocols: tuple[str, ...] | None = None,
                    protocol: str = "auto") -> None:
     """Add the VM options named in ``include`` to ``parser``, with this command's defaults."""
-    from ..boot.config import PROTOCOLS
     from ..boot.plan import MAX_CPUS
+    from ..image.model import Protocol
 
-    choices = protocols or ("auto", *PROTOCOLS)
+    choices = protocols or Protocol.choices()
     unknown = set(include) - set(ALL_OPTIONS)
     if unknown:
         raise ValueError(f"unknown VM options {sorted(unknown)}")
@@ -74,6 +75,31 @@ def add_vm_options(parser: argparse.ArgumentParser, *, include=ALL_OPTIONS, memo
         parser.add_argument("--no-coalesced-uart", dest="coalesced_uart", action="store_false",
                             help="make every write to COM1's THR a full VM exit (by default THR is a "
                                  "coalesced PIO zone: KVM queues the bytes and pvhboot delivers them in order)")
+    if "placement" in include:
+        g = parser.add_mutually_exclusive_group()
+        g.add_argument("--load-addr", metavar="ADDR",
+                       help="load the kernel at this guest-physical address: for PVH inside the window "
+                            "of its PHYS32_RELOC note and aligned as the note asks; for a bzImage's Linux "
+                            "protocols as its setup header allows (relocatable_kernel, kernel_alignment)")
+        g.add_argument("--kaslr", metavar="SEED", nargs="?", const="", default=None,
+                       help="load the kernel at a random allowed address; the seed used is printed, and "
+                            "--kaslr=SEED replays that choice")
+    if "seccomp" in include:
+        parser.add_argument("--no-seccomp", dest="seccomp", action="store_false",
+                            help="run the vCPU threads without their seccomp allow-list (for debugging a "
+                                 "device; by default a syscall outside it stops the VM with a report)")
+    _add_device_options(parser, include)
+
+
+def _add_device_options(parser: argparse.ArgumentParser, include) -> None:
+    if "disks" in include:
+        parser.add_argument("--disk", dest="disks", action="append", default=[], metavar="PATH[,ro]",
+                            help="raw disk image as a virtio-blk device (several allowed, /dev/vda, vdb, ... "
+                                 "in order); ,ro: read-only (the guest sees VIRTIO_BLK_F_RO, writes fail)")
+    if "shares" in include:
+        parser.add_argument("--share", dest="shares", action="append", default=[], metavar="HOST[:TAG]",
+                            help="host directory through virtio-fs, served by virtiofsd (the guest mounts "
+                                 "it: mount -t virtiofs TAG DIR; TAG defaults to share0, share1, ...)")
 
 
 def vm_config_from_args(args: argparse.Namespace, **overrides):
@@ -87,5 +113,45 @@ def vm_config_from_args(args: argparse.Namespace, **overrides):
             values[name] = getattr(args, name)
     if "memory" in values:
         values["memory"] = parse_size(values["memory"])
+    if getattr(args, "load_addr", None) is not None:
+        values["load_addr"] = _address(args.load_addr, "--load-addr")
+    kaslr = getattr(args, "kaslr", None)
+    if kaslr is not None:  # a bare --kaslr draws a seed here, so that it can be printed and replayed
+        import secrets
+
+        values["kaslr_seed"] = _address(kaslr, "--kaslr seed") if kaslr else secrets.randbits(32)
+    if "disks" in values or "shares" in values:
+        from ..vmm.virtio import DiskSpec, ShareSpec
+
+        values["disks"] = tuple(DiskSpec.parse(d) for d in values.get("disks", ()))
+        values["shares"] = tuple(ShareSpec.parse(s, i) for i, s in enumerate(values.get("shares", ())))
     values.update(overrides)
     return VmConfig(**values)
+
+
+def _address(text: str, what: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ConfigError(f"invalid {what} {text!r} (a number, e.g. 0x4000000)") from None
+    if value < 0:
+        raise ConfigError(f"invalid {what} {text!r} (not negative)")
+    return value
+
+
+def describe_placement(load_addr: int, link_addr: int, kaslr_seed: int | None, virt_offset: int = 0) -> str | None:
+    """One line about a moved kernel (None when it is at its own address)."""
+    if kaslr_seed is None and load_addr == link_addr:
+        return None
+    how = f"--kaslr={kaslr_seed}" if kaslr_seed is not None else "--load-addr"
+    virt = f"; virtual base moved by {virt_offset:#x}" if virt_offset else ""
+    return f"kernel loaded at {load_addr:#x} (linked at {link_addr:#x}{virt}; {how})"
+
+
+def print_placement(where) -> None:
+    """On stderr, where a moved kernel went (a boot.config.KernelPlacement), before the guest runs."""
+    import sys
+
+    line = describe_placement(where.load_addr, where.link_addr, where.kaslr_seed, where.virt_offset)
+    if line:
+        print(f"pvhboot: {line}", file=sys.stderr, flush=True)

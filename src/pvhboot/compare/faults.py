@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..abi.bootparam import boot_params
 from ..abi.e820 import E820_MAX_ENTRIES_ZEROPAGE, E820Type, boot_e820_entry
 from ..abi.start_info import hvm_memmap_table_entry, hvm_start_info
+from ..boot.config import Blob
 from ..errors import ConfigError
 from ..memory import layout as L
 
@@ -32,12 +33,12 @@ class Fault:
 
 
 def _start_info(loaded, mem) -> tuple[int, hvm_start_info]:
-    at = loaded.plan.find("start_info").addr
+    at = loaded.plan.find(Blob.START_INFO).addr
     return at, hvm_start_info.from_buffer_copy(mem.read(at, ctypes.sizeof(hvm_start_info)))
 
 
 def _zero_page(loaded, mem) -> tuple[int, boot_params]:
-    at = loaded.plan.find("zero_page").addr
+    at = loaded.plan.find(Blob.ZERO_PAGE).addr
     return at, boot_params.from_buffer_copy(mem.read(at, ctypes.sizeof(boot_params)))
 
 
@@ -114,7 +115,7 @@ def memmap_ram_dropped(loaded, mem, cpus: int) -> None:
 
 def cmdline_cut(loaded, mem, cpus: int) -> None:
     """The command line ends one argument early (a NUL over the space before its last argument)."""
-    at = loaded.plan.find("cmdline").addr
+    at = loaded.plan.find(Blob.CMDLINE).addr
     text = mem.read_cstring(at, L.CMDLINE_MAX_SIZE)
     cut = text.rfind(b" ")
     if cut < 0:

@@ -19,6 +19,7 @@ class VmEventKind(enum.Enum):
     DEBUG_EXIT = "debug-exit"  # value written to the debug-exit port (probe, tests)
     BOOT_MARKER = "boot-marker"  # port 0x80 code or Firecracker's boot-timer byte
     QUIT = "quit"  # the user typed Ctrl-A x on the console (as in QEMU)
+    DEVICE_ERROR = "device-error"  # a virtio driver broke the rules; the device is in NEEDS_RESET
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class VmEvent:
     @property
     def stops_vm(self) -> bool:
         """True for the events after which the guest must not run on."""
-        return self.kind is not VmEventKind.BOOT_MARKER
+        return self.kind not in (VmEventKind.BOOT_MARKER, VmEventKind.DEVICE_ERROR)
 
 
 EventSink = Callable[[VmEvent], None]
@@ -47,10 +48,6 @@ class EventLog:
     def __call__(self, event: VmEvent) -> None:
         with self._lock:
             self.events.append(event)
-
-    def of_kind(self, kind: VmEventKind) -> list[VmEvent]:
-        with self._lock:
-            return [e for e in self.events if e.kind is kind]
 
     def __len__(self) -> int:
         return len(self.events)

@@ -6,6 +6,7 @@ payload is decompressed (that is the one unavoidable full pass) and described as
 """
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 
@@ -14,12 +15,12 @@ from ..errors import ImageError
 from ..files import KERNEL_LIMIT, open_regular
 from .bzimage import STARTUP_64_OFFSET, is_bzimage, linux32_entry, linux64_entry, parse_bzimage
 from .elf import ELF_MAGIC, parse_elf, physical_entry
-from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, XenNote
+from .model import BzImage, ElfImage, Entries, KernelImage, LoadSegment, Protocol, RelocWindow, XenNote
 
 __all__ = [
     "load_kernel", "describe_kernel", "map_file", "file_identity", "entries_of", "parse_elf", "parse_bzimage",
     "STARTUP_64_OFFSET",
-    "KernelImage", "ElfImage", "BzImage", "Entries", "LoadSegment", "XenNote",
+    "KernelImage", "ElfImage", "BzImage", "Entries", "LoadSegment", "XenNote", "Protocol", "RelocWindow",
 ]
 
 
@@ -78,9 +79,9 @@ def load_kernel(path: str | os.PathLike, *, decompress: bool = True) -> KernelIm
     data, ident = _map_file(path)
     image = describe_kernel(data, os.fspath(path), decompress=decompress)
     if image.format == "elf":
-        # extra["file_id"]: lets the loader map the segments from the file itself instead of copying
-        # them (GuestMemory.load_file), once it has checked the path still names this very file.
-        image.extra["file_id"] = ident
+        # Lets the loader map the segments from the file itself instead of copying them
+        # (GuestMemory.load_file), once it has checked the path still names this very file.
+        image = dataclasses.replace(image, file_id=ident)
     return image
 
 

@@ -63,6 +63,15 @@ def read_setup_header(data) -> setup_header:
     return hdr
 
 
+def declared_setup_header(data, hdr: setup_header) -> setup_header:
+    """``hdr`` cut where the kernel says its header ends: boot.rst, "the setup header ... ends at
+    0x202 + the byte at 0x201"; the fields past that end (an older protocol) read as zero.  This is
+    the header a loader copies into boot_params."""
+    end = min(0x202 + data[0x201], _HEADER_END)
+    raw = bytes(hdr)[: end - SETUP_HEADER_OFFSET]
+    return setup_header.from_buffer_copy(raw.ljust(ctypes.sizeof(setup_header), b"\0"))
+
+
 def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
     """Parse a bzImage; with ``decompress`` the payload is decompressed and parsed as an ELF."""
     hdr = read_setup_header(data)
@@ -82,6 +91,7 @@ def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
                          f"is empty or runs past the end of the file ({size:#x})")
     payload = memoryview(data)[start:end]
     compression = detect_compression(payload)
+    hdr = declared_setup_header(data, hdr)
     header = {name: getattr(hdr, name) for name, _ in setup_header._fields_}
     elf = None
     if decompress:
@@ -95,6 +105,7 @@ def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
     return BzImage(
         data=data,
         header=header,
+        setup_header=hdr,
         boot_protocol=(hdr.version >> 8, hdr.version & 0xFF),
         setup_size=setup_size,
         compression=compression,
@@ -135,9 +146,8 @@ def linux32_entry(bz: BzImage) -> int:
 def linux64_entry(bz: BzImage) -> int | None:
     """64-bit boot protocol entry when XLF_KERNEL_64 is set: load address + 0x200.
 
-    The load address is the header's code32_start (0x100000 in every real bzImage).  The boot/
-    layer may load the protected-mode kernel elsewhere (kernel_alignment, pref_address); it must
-    then add :data:`STARTUP_64_OFFSET` to its own load address.
+    The load address is the header's code32_start (0x100000 in every real bzImage).  A loader that
+    puts the protected-mode kernel elsewhere moves this entry by the same offset.
     """
     if not bz.header["xloadflags"] & XLoadFlags.XLF_KERNEL_64:
         return None

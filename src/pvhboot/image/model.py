@@ -5,11 +5,55 @@ so a distro kernel that ships only a bzImage can still be booted the PVH way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass
 
+from ..abi.bootparam import setup_header
+from ..abi.xen_notes import PHYS32_RELOC_FIELDS, XEN_ELFNOTE
 from ..errors import BootError
 
-PROTOCOLS = ("pvh", "linux32", "linux64", "xen_pv")
+
+class Protocol(enum.StrEnum):
+    """The entry protocols pvhboot knows, by the name the CLI, the JSON reports and the probe use.
+
+    The one list of protocol names: image (entries), boot (plan, CPU state) and every command's
+    ``--protocol`` choices derive from it.  A StrEnum: a member compares equal to its name.
+    """
+
+    PVH = "pvh"  # Xen PVH: XEN_ELFNOTE_PHYS32_ENTRY, 32-bit, EBX = hvm_start_info
+    LINUX32 = "linux32"  # boot.rst "32-bit Boot Protocol": code32_start, ESI = boot_params
+    LINUX64 = "linux64"  # boot.rst "64-bit Boot Protocol": identity map, RSI = boot_params
+    XEN_PV = "xen_pv"  # XEN_ELFNOTE_ENTRY: described by inspect, needs the Xen hypervisor to boot
+
+    @classmethod
+    def bootable(cls) -> tuple[Protocol, ...]:
+        """What pvhboot can start on KVM (everything but Xen PV)."""
+        return (cls.PVH, cls.LINUX32, cls.LINUX64)
+
+    @classmethod
+    def choices(cls, *, auto: bool = True) -> tuple[str, ...]:
+        """``--protocol`` choices: "auto" (when wanted) and the bootable protocols' names."""
+        return (("auto",) if auto else ()) + tuple(p.value for p in cls.bootable())
+
+
+@dataclass(frozen=True)
+class RelocWindow:
+    """XEN_ELFNOTE_PHYS32_RELOC (elfnote.h): the PVH entry is position-independent and the image
+    may be loaded at any ``align``-aligned address from ``min`` with its last byte at or below
+    ``max``.  Absent fields take Xen's defaults (libelf: 2 MiB, 0, 4 GiB - 1)."""
+
+    align: int = 0x200000
+    min: int = 0
+    max: int = 0xFFFFFFFF
+
+    @classmethod
+    def from_note(cls, value) -> RelocWindow | None:
+        if not isinstance(value, tuple):
+            return None  # a malformed descriptor (decoded as raw bytes)
+        return cls(**dict(zip(PHYS32_RELOC_FIELDS, value)))
+
+    def to_json(self) -> dict[str, int]:
+        return {"align": self.align, "min": self.min, "max": self.max}
 
 
 @dataclass(frozen=True)
@@ -63,13 +107,20 @@ class ElfImage:
         """The first Xen note of this type (XEN_ELFNOTE_* number), or None."""
         return next((n for n in self.xen_notes if n.type == note_type), None)
 
+    @property
+    def reloc_window(self) -> RelocWindow | None:
+        """The PHYS32_RELOC window, or None when the kernel does not carry that note."""
+        note = self.note(XEN_ELFNOTE.PHYS32_RELOC)
+        return RelocWindow.from_note(note.value) if note is not None else None
+
 
 @dataclass(frozen=True)
 class BzImage:
     """A bzImage: its setup header (as a dict of setup_header fields) and where its parts are in the file."""
 
     data: bytes | memoryview
-    header: dict[str, int]
+    header: dict[str, int]  # the fields of ``setup_header`` by name (inspect's report)
+    setup_header: setup_header  # as the kernel declares it: bytes past 0x202 + data[0x201] are zero (boot.rst)
     boot_protocol: tuple[int, int]
     setup_size: int  # (setup_sects or 4, +1) * 512: file offset of the protected-mode kernel
     compression: str  # gzip, bzip2, lzma, xz, lz4, zstd
@@ -88,7 +139,9 @@ class KernelImage:
     entries: Entries
     elf: ElfImage | None  # the vmlinux itself, or a bzImage's decompressed payload
     bzimage: BzImage | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    # (device, inode, size, mtime_ns) of the ELF file read (load_kernel of a vmlinux): lets the
+    # loader map segments from the file itself once it has checked the path still names it.
+    file_id: tuple[int, int, int, int] | None = None
 
     @property
     def xen_notes(self) -> tuple[XenNote, ...]:
@@ -104,21 +157,25 @@ class KernelImage:
             return self.elf.linux_version
         return self.bzimage.version_string if self.bzimage else None
 
-    def require_entry(self, protocol: str) -> int:
-        """The entry address for ``protocol`` (one of PROTOCOLS), or BootError saying how to fix it."""
-        if protocol not in PROTOCOLS:
-            raise BootError(f"unknown boot protocol {protocol!r} (choose one of {', '.join(PROTOCOLS)})")
-        entry = getattr(self.entries, protocol)
+    def require_entry(self, protocol: Protocol) -> int:
+        """The entry address for ``protocol`` at the kernel's own load address, or BootError saying
+        how to fix it.  A loader that moves the kernel moves the entry by the same offset."""
+        try:
+            protocol = Protocol(protocol)
+        except ValueError:
+            raise BootError(f"unknown boot protocol {protocol!r} (choose one of "
+                            f"{', '.join(p.value for p in Protocol)})") from None
+        entry = getattr(self.entries, protocol.value)
         if entry is not None:
             return entry
         what = "bzImage" if self.format == "bzimage" else "ELF vmlinux"
-        if protocol == "pvh":
+        if protocol is Protocol.PVH:
             hint = ("it has no XEN_ELFNOTE_PHYS32_ENTRY note, so it was built without CONFIG_PVH=y; "
                     "rebuild it with CONFIG_PVH=y or boot it with --protocol linux64")
-        elif protocol == "linux32":
+        elif protocol is Protocol.LINUX32:
             hint = ("the 32-bit Linux boot protocol needs a bzImage (its setup header gives code32_start); "
                     "boot the bzImage instead, or use --protocol pvh or linux64")
-        elif protocol == "linux64":
+        elif protocol is Protocol.LINUX64:
             if self.format == "bzimage":
                 hint = ("its setup header does not set XLF_KERNEL_64 in xloadflags (a 32-bit kernel?); "
                         "use --protocol linux32 or pvh")

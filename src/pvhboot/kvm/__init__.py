@@ -1,8 +1,10 @@
 """The KVM layer: the only code in pvhboot that calls ``fcntl.ioctl``.
 
 ``Kvm`` (the /dev/kvm system fd) -> ``Vm`` (memory slots, irqchip, PIT, IRQ lines) -> ``Vcpu`` (registers,
-CPUID, MSRs and the shared kvm_run page).  ``exits.decode_exit`` turns kvm_run bytes into small records.
-The ABI itself (structures, ioctl numbers) is declared in :mod:`pvhboot.abi.kvm`.
+CPUID, MSRs, the shared kvm_run page and the coalesced ring).  :mod:`.exits` decodes kvm_run (the run
+loop's hot-path formats and ``decode_exit``'s records), with formats derived from the declarations in
+:mod:`pvhboot.abi.kvm` (structures, ioctl numbers).  Every failed ioctl is raised as
+:class:`pvhboot.errors.KvmError` naming the ioctl.
 """
 from .exits import decode_exit
 from .system import Kvm, is_kvm_pvm

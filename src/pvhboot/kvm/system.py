@@ -33,7 +33,7 @@ class Kvm:
         except OSError as e:
             raise KvmError(f"{path}: cannot open: {e.strerror}") from None
         try:
-            version = _ioctl(self.fd, abi.KVM_GET_API_VERSION, 0)
+            version = self._call("KVM_GET_API_VERSION", abi.KVM_GET_API_VERSION)
             if version != abi.KVM_API_VERSION:
                 raise KvmError(f"{path}: KVM API version {version}, expected {abi.KVM_API_VERSION}")
             self._mmap_size: int | None = None
@@ -53,14 +53,20 @@ class Kvm:
             os.close(self.fd)
             self.fd = -1
 
+    def _call(self, name: str, req: int, arg: int = 0) -> int:
+        try:
+            return _ioctl(self.fd, req, arg)
+        except OSError as e:
+            raise KvmError(f"{self.path}: {name} failed: {e.strerror} (errno {e.errno})") from None
+
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific positive value."""
-        return _ioctl(self.fd, abi.KVM_CHECK_EXTENSION, int(cap))
+        return self._call(f"KVM_CHECK_EXTENSION ({cap!r})", abi.KVM_CHECK_EXTENSION, int(cap))
 
     @property
     def vcpu_mmap_size(self) -> int:
         if self._mmap_size is None:
-            self._mmap_size = _ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+            self._mmap_size = self._call("KVM_GET_VCPU_MMAP_SIZE", abi.KVM_GET_VCPU_MMAP_SIZE)
         return self._mmap_size
 
     def supported_cpuid(self) -> list[abi.kvm_cpuid_entry2]:
@@ -87,8 +93,4 @@ class Kvm:
         """KVM_CREATE_VM (machine type 0): a :class:`pvhboot.kvm.vm.Vm`."""
         from .vm import Vm
 
-        try:
-            fd = _ioctl(self.fd, abi.KVM_CREATE_VM, 0)
-        except OSError as e:
-            raise KvmError(f"KVM_CREATE_VM failed: {e.strerror}") from None
-        return Vm(self, fd)
+        return Vm(self, self._call("KVM_CREATE_VM", abi.KVM_CREATE_VM))

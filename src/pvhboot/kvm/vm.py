@@ -5,13 +5,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import struct
 
 from ..abi import kvm as abi
 from ..errors import KvmError
 
 _ioctl = fcntl.ioctl
-_IRQ_LEVEL = struct.Struct("<II")  # struct kvm_irq_level {irq, level}
 
 
 class IrqLine:
@@ -25,18 +23,17 @@ class IrqLine:
     def __init__(self, vm_fd: int, gsi: int):
         self.gsi = gsi
         self._fd = vm_fd
-        self._high = _IRQ_LEVEL.pack(gsi, 1)
-        self._low = _IRQ_LEVEL.pack(gsi, 0)
+        self._high = bytes(abi.kvm_irq_level(gsi, 1))
+        self._low = bytes(abi.kvm_irq_level(gsi, 0))
         self.level = False
 
     def set_level(self, high: bool) -> None:
         self.level = bool(high)
-        _ioctl(self._fd, abi.KVM_IRQ_LINE, self._high if high else self._low)
-
-    def pulse(self) -> None:
-        """An edge: high then low (what an ISA edge-triggered device does)."""
-        self.set_level(True)
-        self.set_level(False)
+        try:
+            _ioctl(self._fd, abi.KVM_IRQ_LINE, self._high if high else self._low)
+        except OSError as e:
+            raise KvmError(f"KVM_IRQ_LINE (GSI {self.gsi}, level {int(high)}) failed: {e.strerror} "
+                           f"(errno {e.errno})") from None
 
 
 class Vm:
@@ -107,7 +104,7 @@ class Vm:
     def set_identity_map_addr(self, addr: int) -> None:
         """KVM_SET_IDENTITY_MAP_ADDR (a pointer to a u64): one page, set before creating vCPUs."""
         self._call(f"KVM_SET_IDENTITY_MAP_ADDR ({addr:#x})", abi.KVM_SET_IDENTITY_MAP_ADDR,
-                   struct.pack("<Q", addr))
+                   bytes(abi.u64(addr)))
 
     def irq_line(self, gsi: int) -> IrqLine:
         if not self.has_irqchip:
@@ -123,6 +120,23 @@ class Vm:
         zone = abi.kvm_coalesced_mmio_zone(addr, size, 1 if pio else 0)
         self._call(f"KVM_REGISTER_COALESCED_MMIO ({addr:#x}+{size:#x}, pio={pio})",
                    abi.KVM_REGISTER_COALESCED_MMIO, bytes(zone))
+
+    # --- eventfds: device notifications and interrupts without a user-space exit ---
+    def ioeventfd(self, fd: int, addr: int, length: int, datamatch: int | None = None, pio: bool = False,
+                  deassign: bool = False) -> None:
+        """KVM_IOEVENTFD: a guest write of ``length`` bytes at ``addr`` (equal to ``datamatch`` when
+        given) signals eventfd ``fd`` in the kernel; the vCPU does not exit."""
+        flags = ((abi.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
+                 | (abi.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (abi.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0))
+        arg = abi.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags)
+        self._call(f"KVM_IOEVENTFD ({addr:#x}+{length}, fd {fd})", abi.KVM_IOEVENTFD, bytes(arg))
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """KVM_IRQFD: writing eventfd ``fd`` injects an edge on ``gsi`` of the in-kernel irqchip."""
+        if not self.has_irqchip:
+            raise KvmError(f"KVM_IRQFD on GSI {gsi} needs the in-kernel irqchip")
+        arg = abi.kvm_irqfd(fd=fd, gsi=gsi, flags=abi.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0)
+        self._call(f"KVM_IRQFD (gsi {gsi}, fd {fd})", abi.KVM_IRQFD, bytes(arg))
 
     # --- vCPUs ---
     def create_vcpu(self, index: int):

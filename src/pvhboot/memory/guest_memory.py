@@ -30,12 +30,16 @@ _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
-def map_guest_ram(gpa: int, size: int) -> mmap.mmap:
+def map_guest_ram(gpa: int, size: int, fd: int = -1) -> mmap.mmap:
     """The host mapping behind one RAM range: anonymous, private, lazily backed (MAP_NORESERVE),
-    transparent huge pages advised.  LayoutError (one line for the user) when the host refuses
-    (address space or overcommit limits).  The one place that creates guest RAM mappings."""
+    transparent huge pages advised; with ``fd`` (a memfd of ``size`` bytes) the memfd mapped shared
+    instead, so another process can map the same pages.  LayoutError (one line for the user) when the
+    host refuses (address space or overcommit limits).  The one place that creates guest RAM mappings."""
     try:
-        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+        if fd >= 0:
+            m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_NORESERVE)
+        else:
+            m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
     except OSError as e:
         raise LayoutError(f"the host cannot map {size >> 20} MiB of guest RAM at {gpa:#x} "
                           f"({e.strerror or e}); give the guest less --memory") from None
@@ -53,6 +57,7 @@ class MemoryRegion:
     guest_addr: int
     size: int
     mapping: mmap.mmap
+    fd: int = -1  # the memfd behind a shared region (vhost-user back ends map it), else -1
 
     @property
     def end(self) -> int:
@@ -67,15 +72,34 @@ class MemoryRegion:
 class GuestMemory:
     """A set of non-overlapping RAM regions.  Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, ranges: list[tuple[int, int]]):
+    def __init__(self, ranges: list[tuple[int, int]], shared: bool = False):
+        """``shared``: back each range with a memfd mapped MAP_SHARED, so another process (a
+        vhost-user back end such as virtiofsd) can map the same pages from the fd."""
         self.regions: list[MemoryRegion] = []
+        self.shared = shared
         try:
             for gpa, size in sorted(ranges):
                 if size <= 0 or gpa % mmap.PAGESIZE or size % mmap.PAGESIZE:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} is not page aligned")
                 if self.regions and gpa < self.regions[-1].end:
                     raise LayoutError(f"RAM range {gpa:#x}+{size:#x} overlaps another")
-                self.regions.append(MemoryRegion(gpa, size, map_guest_ram(gpa, size)))
+                fd = -1
+                if shared:
+                    try:
+                        fd = os.memfd_create(f"pvhboot-ram-{gpa:#x}", os.MFD_CLOEXEC)
+                        os.ftruncate(fd, size)
+                    except OSError as e:
+                        if fd >= 0:
+                            os.close(fd)
+                        raise LayoutError(f"cannot create {size >> 20} MiB of shared guest RAM at {gpa:#x} "
+                                          f"({e.strerror or e})") from None
+                try:
+                    mapping = map_guest_ram(gpa, size, fd)
+                except BaseException:
+                    if fd >= 0:
+                        os.close(fd)
+                    raise
+                self.regions.append(MemoryRegion(gpa, size, mapping, fd))
         except BaseException:
             self.close()
             raise
@@ -93,6 +117,8 @@ class GuestMemory:
             except BufferError:
                 # A ctypes view still exports the buffer; it is released when collected.
                 pass
+            if r.fd >= 0:
+                os.close(r.fd)
         self.regions = []
 
     @property
@@ -143,7 +169,10 @@ class GuestMemory:
         head = (-gpa) % page  # bytes before the first page boundary inside the range
         mapped = 0
         # Pages past the end of the file would raise SIGBUS when touched: map only a file that is long enough.
-        if (gpa - offset) % page == 0 and length - head >= page and os.fstat(fd).st_size >= offset + length:
+        # Shared RAM is copied: a private file mapping over it would hide those pages from the other
+        # process that maps the memfd (a vhost-user back end would read zeros there).
+        if (r.fd < 0 and (gpa - offset) % page == 0 and length - head >= page
+                and os.fstat(fd).st_size >= offset + length):
             mapped = (length - head) // page * page
             if not _map_fixed(r.host_addr + off + head, mapped, fd, offset + head):
                 mapped = 0

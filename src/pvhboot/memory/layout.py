@@ -117,6 +117,24 @@ RAM_ABOVE_4G_START = MMIO_HOLE_END
 
 BOOT_TIMER_MMIO = 0xD0000000
 """Firecracker's boot-timer marker: an instrumented guest writes byte 123 here (MMIO, in the hole)."""
+VIRTIO_MMIO_START = 0xD0100000
+"""First virtio-mmio transport window (virtio 1.2 §4.2.2), in the MMIO hole above the boot timer."""
+VIRTIO_MMIO_STRIDE = 0x1000
+"""One page per transport (registers 0x000-0x0ff, device config from 0x100): each its own exit zone."""
+VIRTIO_MMIO_MAX_DEVICES = 8
+"""Transports pvhboot creates at most: one per IOAPIC pin in VIRTIO_IRQ_FIRST.. (GSIs 16-23)."""
+MAX_DISK_SIZE = 1 << 50
+"""Largest raw image --disk takes (1 PiB; virtio-blk's capacity is a 64-bit sector count)."""
+VIRTIO_IRQ_FIRST = 16
+"""GSI of transport 0; transport i uses GSI 16 + i, IOAPIC-only pins (KVM's default routing sends
+GSIs 16-23 to the IOAPIC alone), so no ISA device can claim them; the DSDT says edge, active high."""
+def virtio_mmio_slot(index: int) -> tuple[int, int, int]:
+    """(base, size, gsi) of virtio-mmio transport ``index``: what the bus, KVM and the DSDT all use."""
+    if not 0 <= index < VIRTIO_MMIO_MAX_DEVICES:
+        raise ValueError(f"virtio-mmio transport {index} out of range (at most {VIRTIO_MMIO_MAX_DEVICES})")
+    return VIRTIO_MMIO_START + index * VIRTIO_MMIO_STRIDE, VIRTIO_MMIO_STRIDE, VIRTIO_IRQ_FIRST + index
+
+
 IOAPIC_ADDR = 0xFEC00000
 """IOAPIC register window (KVM's in-kernel IOAPIC default; ACPI MADT, GSI base 0)."""
 LAPIC_ADDR = 0xFEE00000

@@ -31,12 +31,14 @@ ACPI = "ACPI 6.x chapter 5.2"
 #: rule name -> (source, what the rule asks)
 RULES: dict[str, tuple[str, str]] = {
     "load.bss_zeroed": ("ELF gABI", "memory beyond a segment's file size reads as zero"),
+    "image.placement": ("xen/include/public/elfnote.h PHYS32_RELOC",
+                        "the image runs at an address aligned as its note asks, inside the note's window"),
     "entry.cr0": (PVH, "CR0: PE set, every other writable bit clear (paging off)"),
     "entry.cr4": (PVH, "CR4: all bits clear"),
     "entry.efer": ("probe", "EFER.LME and LMA clear at a 32-bit entry"),
     "entry.eflags": (PVH, "EFLAGS: IF, TF and VM clear"),
     "entry.ebx": (PVH, "EBX holds the physical address of hvm_start_info (magic 0x336ec578)"),
-    "entry.cs_base": (PVH, "CS base 0 (call pushes the link address)"),
+    "entry.cs_base": (PVH, "CS base 0 (call pushes the load address of the call site)"),
     "entry.cs_flat": (PVH, "CS readable 32-bit code with limit 0xffffffff"),
     "entry.ds_flat": (PVH, "DS read/write, base 0, limit 0xffffffff"),
     "entry.es_flat": (PVH, "ES read/write, base 0, limit 0xffffffff"),

@@ -46,11 +46,18 @@ BUSYBOX = "/bin/busybox"
 # pvhboot's runtime dependencies (pyproject [project].dependencies) and what rich imports.
 RUNTIME_PACKAGES = ("elftools", "lz4", "zstandard", "capstone", "rich", "markdown_it", "mdurl",
                     "pygments")
+# Debian's compiled libseccomp bindings (python3-seccomp), built for the guest's python3.11: the vCPU
+# threads' seccomp filter (vmm/seccomp.py) uses them (libseccomp is linked into the module).
+GUEST_MODULES = ("/usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so",)
 STDLIB_EXCLUDE = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data",
                   "turtledemo", "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages"}
 # Debian splits these test modules out of the runtime; they are dead weight here.
 DYNLOAD_EXCLUDE = re.compile(r"^(_test|_ctypes_test|xxlimited|_xxtestfuzz)")
 SITE_DIR = "usr/lib/python3/dist-packages"  # on Debian python3.11's default sys.path
+# The inner guest's virtio drivers (`pvhboot run` insmods them from /lib/modules/<release>) and the
+# vhost-user back end its virtio-fs shares need: QEMU's virtiofsd with the libraries ldd lists.
+GUEST_KERNEL_MODULES = ("virtio_mmio", "virtio_blk", "virtiofs", "overlay", "virtio_console")
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 KVM_MODULES = (("irqbypass", "kernel/virt/lib/irqbypass"),
                ("kvm", "kernel/arch/x86/kvm/kvm"),
                ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd"))
@@ -166,6 +173,9 @@ def collect_inputs() -> RigInputs:
     for tool in (GUEST_PYTHON, BUSYBOX):
         if not os.access(tool, os.X_OK):
             raise RigBuildError(f"{tool} is missing (apt-get install python3.11-minimal busybox-static)")
+    for module in GUEST_MODULES:
+        if not os.path.isfile(module):
+            raise RigBuildError(f"{module} is missing (apt-get install python3-seccomp)")
     kernel_dir = find_kernel_dir()
     ext = _guest_ext_suffix()
     return RigInputs(
@@ -221,7 +231,8 @@ def cache_key(inputs: RigInputs) -> str:
             rel = p.relative_to(inputs.source).as_posix()
             if not _skip_source(rel):
                 h.update(rel.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
-    for p in (Path(GUEST_PYTHON), Path(BUSYBOX), inputs.bzimage, *(m for _, m in inputs.modules)):
+    extra = (Path(VIRTIOFSD),) if os.access(VIRTIOFSD, os.X_OK) else ()
+    for p in (Path(GUEST_PYTHON), Path(BUSYBOX), inputs.bzimage, *(m for _, m in inputs.modules), *extra):
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     _walk_stat(h, Path(GUEST_STDLIB), _skip_stdlib)
@@ -273,6 +284,18 @@ def _add_modules(cpio: CpioWriter, modules) -> None:
             cpio.add_file_from(f"rig/modules/{name}.ko", path, mode=0o644)
 
 
+def _add_guest_module_tree(cpio: CpioWriter, kernel_dir: Path) -> None:
+    """A trimmed lib/modules/<release>/ (GUEST_KERNEL_MODULES, their dependencies, a modules.dep for them)."""
+    from ..image.modules import ModuleTree
+
+    for tree in sorted((kernel_dir / "lib" / "modules").iterdir()):
+        modules = ModuleTree(tree)
+        dest = f"usr/lib/modules/{tree.name}"
+        for path in modules.load_order(list(GUEST_KERNEL_MODULES)):
+            cpio.add_file_from(f"{dest}/{path.relative_to(tree).as_posix()}", path, mode=0o644)
+        cpio.add_file(f"{dest}/modules.dep", modules.dep_lines(list(GUEST_KERNEL_MODULES)).encode())
+
+
 def _precompile(directory: Path) -> None:
     """Byte-compile pvhboot's sources with Debian's python3.11 (same magic as the host's 3.11)
     so the TCG-emulated guest does not compile them on every start; mtimes are kept in the cpio,
@@ -299,7 +322,10 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
         stdlib = Path(GUEST_STDLIB)
         dynload = sorted(str(p) for p in (stdlib / "lib-dynload").glob("*.so")
                          if not DYNLOAD_EXCLUDE.match(p.name))
-        so_files = [GUEST_PYTHON, *dynload]
+        so_files = [GUEST_PYTHON, *dynload, *GUEST_MODULES]
+        if os.access(VIRTIOFSD, os.X_OK):
+            so_files.append(VIRTIOFSD)
+            host.add(VIRTIOFSD)
         for _, pkg in inputs.packages:
             so_files += [str(p) for p in pkg.rglob("*.so")]
         for lib in sorted(_ldd(so_files)):
@@ -311,6 +337,8 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
 
         for name, pkg in inputs.packages:
             cpio.add_tree(f"{SITE_DIR}/{name}", pkg, exclude=_skip_package, keep_mtime=True)
+        for module in GUEST_MODULES:
+            cpio.add_file_from(f"{SITE_DIR}/{Path(module).name}", module, mode=0o644)
         _precompile(inputs.source)
         cpio.add_tree(f"{SITE_DIR}/pvhboot", inputs.source,
                       exclude=lambda rel: rel.endswith(".o") or "/build/" in f"/{rel}",
@@ -322,6 +350,7 @@ def write_rig_initramfs(out, inputs: RigInputs) -> None:
         cpio.add_file("usr/local/bin/python3-rig", python_wrapper, mode=0o755)
 
         _add_modules(cpio, inputs.modules)
+        _add_guest_module_tree(cpio, inputs.kernel_dir)
         cpio.add_file_from("rig/guest/vmlinuz", inputs.bzimage, mode=0o644)
         # A ready-made guest initramfs for the inner Linux: prints a marker, powers off.
         import io

@@ -3,6 +3,6 @@
 ``MicroVM`` is the Python API (`pvhboot boot` uses it); ``Machine`` the KVM half that tests drive with
 hand-assembled guests.
 """
-from .builder import REASONS, Machine, MicroVM, VmExit
+from .builder import Machine, MicroVM, VmExit
 
-__all__ = ["MicroVM", "Machine", "VmExit", "REASONS"]
+__all__ = ["MicroVM", "Machine", "VmExit"]

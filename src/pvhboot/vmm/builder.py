@@ -21,14 +21,12 @@ from .config import VmConfig, check_cpus, check_timeout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
 from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
-REASONS = ("poweroff", "reset", "debug_exit", "crash", "timeout", "quit")
-
 
 @dataclass
 class VmExit:
     """The exit record of one run."""
 
-    reason: str  # one of REASONS
+    reason: str  # why the VM stopped: runloop.StopRequest.reason
     exit_code: int  # the guest's: 0 for poweroff, the debug-exit value, 1 for a crash or timeout
     wall_time_s: float  # first KVM_RUN to the stop
     boot_markers: list[tuple[int, float]] = field(default_factory=list)  # (code, seconds since start)
@@ -104,12 +102,16 @@ class Machine:
     coalesced PIO zone, so a transmitted byte costs no exit (bench 4); the run loop delivers the queued
     bytes before any other exit and a 10 ms tick delivers them when there is none (runloop.py).
     ``self.coalesced_uart`` says whether it is in effect.
+    ``seccomp`` (default on): every vCPU thread runs under the allow-list of :mod:`pvhboot.vmm.seccomp`;
+    a syscall outside it stops the VM with a crash report naming it.  ``exit_handlers`` maps a KVM exit
+    reason to ``handler(vcpu, record) -> keep running?`` for the exits the run loop does not handle.
     """
 
     def __init__(self, mem, boot_state: CpuState, *, cpus: int = 1, console="stdout",
                  timeout: float | None = None, symbols=None, irqchip: bool = True, stdin: bool = False,
                  phys_to_virt: int = 0, kvm_path: str = "/dev/kvm",
-                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True):
+                 coalesced: tuple[tuple[int, int, bool], ...] = (), coalesced_uart: bool = True,
+                 seccomp: bool = True, virtio=()):
         from ..kvm import Kvm, is_kvm_pvm
 
         self.cpus = check_cpus(cpus)
@@ -134,6 +136,7 @@ class Machine:
         self.coalesced_uart = False
         self.coalesced_writes = None  # the run's CoalescedWrites (its ``delivered`` count), once run
         self.ctl = VmControl()
+        self.exit_handlers = self._exit_handlers()
         self._events: list = []
         self._events_dropped = 0
         self._start_ns = 0
@@ -143,6 +146,13 @@ class Machine:
         self.serial = None
         self._console_input = None
         self._ran = False
+        self._virtio_devices = tuple(virtio)  # VirtioDevice objects, transport i at layout.virtio_mmio_slot(i)
+        self.virtio = None
+        self.sandbox = None
+        if seccomp:  # vCPU threads load it in run(); an unusable filter is refused before anything is built
+            from .seccomp import VcpuSandbox
+
+            self.sandbox = VcpuSandbox(self._on_seccomp_violation)
         try:
             self.kvm = Kvm(kvm_path)
             self.vm = self.kvm.create_vm()
@@ -193,6 +203,23 @@ class Machine:
                             d.FirecrackerBootTimer.PIO_LENGTH, "boot-timer-pio")
         self.mmio_bus.insert(d.FirecrackerBootTimer(sink), layout.BOOT_TIMER_MMIO,
                              d.FirecrackerBootTimer.MMIO_LENGTH, "boot-timer-mmio")
+        if self._virtio_devices:
+            from .virtio import VirtioSet
+
+            self.virtio = VirtioSet(self.vm, self.kvm, self.mem, self.mmio_bus, self._virtio_devices,
+                                    self._on_device_error, self._on_device_crash, irqchip=irqchip)
+
+    def _on_device_error(self, message: str) -> None:
+        from ..devices import VmEvent, VmEventKind
+        from .virtio import report_driver_error
+
+        report_driver_error(message)
+        self._on_event(VmEvent(VmEventKind.DEVICE_ERROR, source=message))
+
+    def _on_device_crash(self, exc: BaseException) -> None:
+        from .crash import vmm_error
+
+        self.ctl.stop("crash", 1, crash=vmm_error(0, exc))
 
     def _setup_vcpus(self, boot_state: CpuState) -> None:
         supported = self.kvm.supported_cpuid()
@@ -228,32 +255,51 @@ class Machine:
             self.ctl.stop("quit", 0)
 
     # --- rare exits (the run loop handles I/O itself) ---
-    def _on_exit(self, vcpu, reason: int, record) -> bool:
+    def _exit_handlers(self) -> dict:
+        """exit_reason -> handler(vcpu, record) -> keep running?  Anything else is an unexpected exit.
+        A feature that needs another exit (e.g. KVM_EXIT_DEBUG) adds its handler to
+        ``machine.exit_handlers`` before :meth:`run`."""
         K = abi.KvmExit
-        ctl = self.ctl
-        if reason == K.HLT:  # only without the irqchip: nothing can wake the vCPU again
-            ctl.stop("poweroff", 0)
-            return False
-        if reason == K.SYSTEM_EVENT:
-            if record.type == abi.KvmSystemEvent.SHUTDOWN:
-                ctl.stop("poweroff", 0)
-            elif record.type == abi.KvmSystemEvent.RESET:
-                ctl.stop("reset", 0)
-            else:
-                self._crash(vcpu, "system event", f"KVM_SYSTEM_EVENT {record.type_name}")
-            return False
-        if reason == K.SHUTDOWN:
-            self._crash(vcpu, "triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)")
-        elif reason == K.INTERNAL_ERROR:
-            self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}",
-                        internal=record)
-        elif reason == K.FAIL_ENTRY:
-            self._crash(vcpu, "fail entry", f"KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason="
-                        f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
-        else:
-            name = getattr(record, "name", None) or f"exit {reason}"
-            self._crash(vcpu, "unexpected exit", f"KVM_EXIT_{name} {record}")
+        return {K.HLT: self._on_hlt, K.SYSTEM_EVENT: self._on_system_event, K.SHUTDOWN: self._on_shutdown,
+                K.INTERNAL_ERROR: self._on_internal_error, K.FAIL_ENTRY: self._on_fail_entry}
+
+    def _on_exit(self, vcpu, reason: int, record) -> bool:
+        handler = self.exit_handlers.get(reason)
+        if handler is not None:
+            return handler(vcpu, record)
+        name = getattr(record, "name", None) or f"exit {reason}"
+        self._crash(vcpu, "unexpected exit", f"KVM_EXIT_{name} {record}")
         return False
+
+    def _on_hlt(self, vcpu, record) -> bool:  # only without the irqchip: nothing can wake the vCPU again
+        self.ctl.stop("poweroff", 0)
+        return False
+
+    def _on_system_event(self, vcpu, record) -> bool:
+        if record.type == abi.KvmSystemEvent.SHUTDOWN:
+            self.ctl.stop("poweroff", 0)
+        elif record.type == abi.KvmSystemEvent.RESET:
+            self.ctl.stop("reset", 0)
+        else:
+            self._crash(vcpu, "system event", f"KVM_SYSTEM_EVENT {record.type_name}")
+        return False
+
+    def _on_shutdown(self, vcpu, record) -> bool:
+        self._crash(vcpu, "triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)")
+        return False
+
+    def _on_internal_error(self, vcpu, record) -> bool:
+        self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}", internal=record)
+        return False
+
+    def _on_fail_entry(self, vcpu, record) -> bool:
+        self._crash(vcpu, "fail entry", f"KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason="
+                    f"{record.hardware_entry_failure_reason:#x} cpu={record.cpu}")
+        return False
+
+    def _on_seccomp_violation(self, v) -> None:
+        # On the seccomp reader thread (vmm/seccomp.py); the refused call has returned EPERM or will.
+        self.ctl.stop("crash", 1, crash=_seccomp_crash(v))
 
     def _crash(self, vcpu, kind: str, detail: str, internal=None) -> None:
         # This thread owns the vCPU and is outside KVM_RUN: its state can be read now.
@@ -273,17 +319,22 @@ class Machine:
         ring = self.vm.vcpus[0].coalesced_ring() if self._coalesced else None
         coalesced = self.coalesced_writes = (CoalescedWrites(ring, self.pio_bus, self.mmio_bus)
                                               if ring is not None else None)
+        sandbox = self.sandbox
         threads = [threading.Thread(target=vcpu_thread_main, name=f"pvhboot-vcpu{v.index}", daemon=True,
-                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, coalesced))
+                                    args=(v, self.pio_bus, self.mmio_bus, ctl, self._on_exit, coalesced, sandbox))
                    for v in self.vm.vcpus]
         if self._want_stdin:
             from ..devices import ConsoleInput
 
             self._console_input = ConsoleInput(self.serial.feed_input, self._on_event).start()
+        if self.virtio is not None:
+            self.virtio.start()
         self._start_ns = time.monotonic_ns()
         t0 = time.monotonic()
         interrupted = False
         try:
+            if sandbox is not None:
+                sandbox.start(keep_out=[(r.host_addr, r.size) for r in self.mem.regions])
             for t in threads:
                 t.start()
             if coalesced is None:
@@ -296,6 +347,10 @@ class Machine:
         finally:
             ctl.stop("quit", 130)  # no-op when already stopped; makes every path stop the vCPUs
             stuck = join_vcpu_threads(threads, ctl)
+            if self.virtio is not None:
+                self.virtio.stop()
+            if sandbox is not None:
+                sandbox.stop()
             if coalesced is not None:  # writes queued after the last exit
                 coalesced.deliver()
             wall = time.monotonic() - t0
@@ -332,11 +387,20 @@ class Machine:
     def _exit_record(self, wall: float, stuck: list[int]) -> VmExit:
         req = self.ctl.request
         reason, code = req.reason, req.exit_code
+        crash = req.crash
+        violations = self.sandbox.violations if self.sandbox is not None else []
+        if violations and getattr(crash, "kind", None) != "seccomp violation":
+            # The refused call came first even when its EPERM ended the VM (as a vmm error) before the
+            # report reached the VMM: name the syscall, keep the rest as a consequence.
+            first = _seccomp_crash(violations[0])
+            if crash is not None:
+                first.detail += f"\nthen: {crash.kind}: {crash.detail.splitlines()[0] if crash.detail else ''}"
+            reason, code, crash = "crash", 1, first
         report = None
         if reason in ("crash", "timeout"):
             from .crash import CrashInfo, capture_vcpu, format_crash_report
 
-            info = req.crash if reason == "crash" else CrashInfo(
+            info = crash if reason == "crash" else CrashInfo(
                 kind="timeout", vcpu=0, detail=f"wall-clock limit of {self.timeout:g} s reached; vCPUs stopped")
             have = {s.index for s in info.snapshots}
             for v in self.vm.vcpus:
@@ -361,9 +425,14 @@ class Machine:
         if self._console_input is not None:
             self._console_input.stop()
             self._console_input = None
+        if self.virtio is not None:
+            self.virtio.stop()
         if self.vm is not None:
             self.vm.close()
             self.vm = None
+        if self.virtio is not None:
+            self.virtio.close()
+            self.virtio = None
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None
@@ -373,6 +442,15 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _seccomp_crash(v):
+    from .crash import CrashInfo
+
+    return CrashInfo(kind="seccomp violation", vcpu=v.vcpu,
+                     detail=f"the thread of vCPU {v.vcpu} (tid {v.tid}) called {v.call}, which is not in the vCPU "
+                            "threads' seccomp allow-list (pvhboot.vmm.seccomp); the call failed with EPERM and the "
+                            "VM was stopped (--no-seccomp turns the filter off)")
 
 
 class _CallableConsole(ConsoleOutput):
@@ -386,7 +464,7 @@ class _CallableConsole(ConsoleOutput):
 
 
 class MicroVM:
-    """Boot a kernel file (or the built-in probe) the PVH or Linux way.  Context manager; ``run()`` once.
+    """Boot a kernel file the PVH or Linux way.  Context manager; ``run()`` once.
 
     ``mutate(loaded_guest, mem) -> LoadedGuest`` is a test hook called after the boot structures are
     written and before the first KVM_RUN (mutation tests break one ABI rule with it).
@@ -407,6 +485,8 @@ class MicroVM:
         self.config = config
         self.kernel_path = config.kernel
         self.console, self.mutate, self.stdin = console, mutate, stdin
+        self._daemons: list = []  # virtiofsd processes for config.shares, stopped by close()
+        self._console_lock = threading.Lock()
         self.image = None
         self.loaded = None
         self.mem = None
@@ -422,6 +502,9 @@ class MicroVM:
         if self.machine is not None:
             self.machine.close()
             self.machine = None
+        for daemon in self._daemons:
+            daemon.stop()
+        self._daemons = []
         if self.mem is not None:
             self.mem.close()
             self.mem = None
@@ -457,14 +540,24 @@ class MicroVM:
             else:
                 symbols = _LazySymbols(self.image.elf)
             plan = plan_guest(self.image, config)
-            self.mem = GuestMemory(list(plan.ram_ranges))
-            loaded = load_guest(self.image, config, plan, self.mem)
+            devices = []
+            if vm.virtio_devices:
+                from .virtio import build_virtio_devices
+
+                devices, self._daemons = build_virtio_devices(
+                    vm.disks, vm.shares, self._virtio_console_output if vm.virtio_console else None)
+            # A vhost-user back end (virtiofsd) maps guest RAM itself: memfd-backed, shared.
+            self.mem = GuestMemory(list(plan.ram_ranges), shared=bool(vm.shares))
+            loaded = load_guest(plan, self.mem)
             if self.mutate is not None:
                 loaded = self.mutate(loaded, self.mem) or loaded
             self.loaded = loaded
             self.machine = Machine(self.mem, loaded.cpu, cpus=vm.cpus, console=self.console,
                                    timeout=vm.timeout, symbols=symbols, stdin=self.stdin,
-                                   phys_to_virt=_phys_to_virt(self.image), coalesced_uart=vm.coalesced_uart)
+                                   phys_to_virt=_phys_to_virt(self.image) - plan.kernel_placement.offset,
+                                   coalesced_uart=vm.coalesced_uart, seccomp=vm.seccomp, virtio=devices)
+            for daemon in self._daemons:
+                daemon.watch(self._daemon_died)
         except BaseException:
             self.close()  # no guest memory or fd outlives a failed build
             raise
@@ -473,6 +566,18 @@ class MicroVM:
     def run(self) -> VmExit:
         machine = self.machine or self.build()
         return machine.run()
+
+    def _virtio_console_output(self, data: bytes) -> None:
+        """hvc0's bytes (device thread) go where COM1's go: the Machine's console."""
+        with self._console_lock:
+            self.machine.console(data)
+
+    def _daemon_died(self, message: str) -> None:
+        from .crash import CrashInfo
+
+        machine = self.machine
+        if machine is not None:
+            machine.ctl.stop("crash", 1, crash=CrashInfo(kind="device back end died", vcpu=0, detail=message))
 
 
 class _LazySymbols:

@@ -19,13 +19,14 @@ import math
 import os
 from dataclasses import dataclass, replace
 
-from ..boot.config import PROTOCOLS, BootConfig
+from ..boot.config import BootConfig
 from ..boot.plan import MAX_CPUS, format_size
 from ..errors import ConfigError
 from ..files import INITRD_LIMIT, KERNEL_LIMIT, check_output, check_regular
+from ..image.model import Protocol
 from ..memory import layout as L
 
-REQUESTABLE_PROTOCOLS = ("auto", *PROTOCOLS)
+REQUESTABLE_PROTOCOLS = Protocol.choices()
 """What a user may ask for: a protocol, or auto (PVH when the kernel has the PHYS32_ENTRY note)."""
 DEFAULT_MEMORY = 512 * L.MiB
 
@@ -106,6 +107,14 @@ class VmConfig:
     symbols: str | None = None  # System.map or ELF with .symtab, for crash reports
     events_json: str | None = None  # where `boot` writes the exit record (checked here, written after)
     coalesced_uart: bool = True  # COM1's THR as a coalesced PIO zone (see Machine)
+    seccomp: bool = True  # vCPU threads under the seccomp allow-list (vmm/seccomp.py)
+    # Where the kernel goes when not at its own address (boot/plan.py checks it against the kernel's
+    # PHYS32_RELOC note or setup header): an address, or the seed of a random one.  At most one.
+    load_addr: int | None = None
+    kaslr_seed: int | None = None
+    disks: tuple = ()  # vmm.virtio.DiskSpec: virtio-blk disks (transports 0.., in order)
+    shares: tuple = ()  # vmm.virtio.ShareSpec: virtio-fs shares served by virtiofsd (after the disks)
+    virtio_console: bool = False  # a virtio-console (hvc0) writing to the VM's console, after the shares
     check_files: bool = True
 
     def __post_init__(self) -> None:
@@ -114,6 +123,17 @@ class VmConfig:
         check_protocol(self.protocol)
         check_cmdline(self.cmdline)
         object.__setattr__(self, "timeout", check_timeout(self.timeout))
+        object.__setattr__(self, "disks", tuple(self.disks))
+        object.__setattr__(self, "shares", tuple(self.shares))
+        if self.virtio_devices > L.VIRTIO_MMIO_MAX_DEVICES:
+            raise ConfigError(f"{self.virtio_devices} virtio devices (--disk, --share, ...); "
+                              f"at most {L.VIRTIO_MMIO_MAX_DEVICES}")
+        for name in ("load_addr", "kaslr_seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"invalid {name} {value!r} (a non-negative integer)")
+        if self.load_addr is not None and self.kaslr_seed is not None:
+            raise ConfigError("--load-addr and --kaslr exclude each other: give one")
         for name in ("kernel", "initrd", "symbols", "events_json"):
             value = getattr(self, name)
             if value is not None:
@@ -133,15 +153,28 @@ class VmConfig:
         if self.symbols is not None:
             # An ELF is mapped (the kernel's limit); a System.map's own limit applies when it is read.
             check_regular(self.symbols, "--symbols", KERNEL_LIMIT)
+        for disk in self.disks:
+            check_regular(disk.path, "--disk", L.MAX_DISK_SIZE)
+        for share in self.shares:
+            if not os.path.isdir(share.host):
+                raise ConfigError(f"shared directory {share.host!r} is not a directory")
         if self.events_json is not None:
             check_output(self.events_json, "--events-json",
                          inputs=[p for p in (self.kernel, self.initrd, self.symbols) if p])
+
+    @property
+    def virtio_devices(self) -> int:
+        """How many virtio-mmio transports the VM gets (disks, shares, console)."""
+        return len(self.disks) + len(self.shares) + int(self.virtio_console)
 
     def with_(self, **changes) -> VmConfig:
         """A copy with ``changes`` (validated again)."""
         return replace(self, **changes)
 
-    def boot_config(self, protocol: str) -> BootConfig:
+    def boot_config(self, protocol: Protocol) -> BootConfig:
         """The boot layer's view, for the resolved ``protocol``."""
+        from .virtio import virtio_slots
+
         return BootConfig(memory=self.memory, cpus=self.cpus, cmdline=self.cmdline, initrd=self.initrd,
-                          protocol=protocol)
+                          protocol=protocol, load_addr=self.load_addr, kaslr_seed=self.kaslr_seed,
+                          virtio_mmio=virtio_slots(self.virtio_devices))

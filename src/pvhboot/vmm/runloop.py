@@ -1,9 +1,10 @@
 """The vCPU run loop: KVM_RUN, decode the exit, dispatch it, repeat (the hot path).
 
-Per exit the loop does one ``struct.unpack_from`` over the mapped kvm_run page (exit_reason and the io
-union in one go), one bus dispatch (a dict lookup inside :class:`pvhboot.devices.bus.Bus`) and, for an
-IN, one ``pack_into``.  Rare exits (shutdown, internal error, ...) go through
-:func:`pvhboot.kvm.exits.decode_exit` and end the VM with a crash record.
+Per exit the loop does one ``unpack_from`` over the mapped kvm_run page (exit_reason and the io union in
+one go, with :data:`pvhboot.kvm.exits.EXIT_IO`: every kvm_run layout is decoded by pvhboot.kvm, this
+module only dispatches), one bus dispatch (a dict lookup inside :class:`pvhboot.devices.bus.Bus`) and,
+for an IN, one ``pack_into``.  Every other exit is decoded by :func:`pvhboot.kvm.exits.decode_exit`
+and handed to the VMM's ``on_exit`` (a table keyed by exit reason in :class:`pvhboot.vmm.Machine`).
 
 Coalesced writes (KVM_REGISTER_COALESCED_MMIO, api.rst; COM1's THR by default): KVM queues writes to
 a coalesced zone in one ring page per VM instead of exiting.  :class:`CoalescedWrites` delivers them to
@@ -15,36 +16,30 @@ thread, so a guest that fills THR and then halts until the THRE interrupt (which
 raises, on delivery) is not stalled.
 
 Stopping (api.rst "immediate_exit", platform.md): :meth:`VmControl.stop` sets ``immediate_exit`` in
-every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread, so a thread inside
+every vCPU's kvm_run and sends SIGUSR1 (a no-op Python handler) to every vCPU thread still registered
+as running (never to one that may have exited: :class:`VmControl`), so a thread inside
 KVM_RUN (HLT with the in-kernel irqchip, an AP waiting for SIPI) returns with EINTR and one about to
 enter returns at once.  Unmapped port reads return all ones and unmapped writes are ignored, as on a PC.
 """
 from __future__ import annotations
 
 import errno
-import mmap
 import signal
-import struct
 import threading
 import time
 
 from ..abi import kvm as abi
-from ..kvm.exits import decode_exit
+from ..kvm.exits import EXIT_IO, EXIT_MMIO, IO_VALUE, MMIO_DATA, MMIO_DATA_LEN, decode_exit
 
 KICK_SIGNAL = signal.SIGUSR1
 
-# exit_reason at 8, then (skipping to the union at 32) io.direction, size, port, count, data_offset.
-_EXIT_IO = struct.Struct("<8xI20xBBHIQ")
-_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio at offset 32
-_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+# A read nobody answers floats high, as on a PC's bus.
 _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 _EXIT_IO_CODE = int(abi.KvmExit.IO)
 _EXIT_MMIO_CODE = int(abi.KvmExit.MMIO)
 _EXIT_INTR_CODE = int(abi.KvmExit.INTR)
 _OUT = abi.KVM_EXIT_IO_OUT
-# Offset of the coalesced MMIO/PIO ring page in a vCPU's mapping (asm/kvm.h, x86: page 2).
-_RING_PAGE = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
 
 
 def _noop_handler(signum, frame) -> None:  # the kick only needs to interrupt KVM_RUN
@@ -78,15 +73,44 @@ class StopRequest:
 
 
 class VmControl:
-    """State shared by the vCPU threads and the thread that waits for them."""
+    """State shared by the vCPU threads and the thread that waits for them.
+
+    Kicking a thread safely.  ``signal.pthread_kill(ident)`` dereferences the thread's ``pthread_t``,
+    which glibc keeps in the thread's own stack mapping; CPython detaches its threads, so once a vCPU
+    thread has returned its stack may be unmapped (glibc caches only ~40 MiB of stacks: with 5+ vCPUs
+    of 8 MiB each some are freed) or reused by a new thread, and a signal sent to the old ident is a
+    SIGSEGV in the kicker or a kick to the wrong thread (issue 10: ``--cpus 16`` died at teardown with
+    exit 139).  ``Thread.is_alive()`` cannot guard it: a thread can finish between the check and the
+    kill.  So liveness is a registration under :attr:`lock`:
+
+    - a vCPU thread registers itself (:meth:`register`) first thing and unregisters
+      (:meth:`unregister`) as the last statement of its body (a ``finally``), both under the lock;
+    - :meth:`kick_all` sends signals only while holding the lock, and only to registered threads.
+
+    While the kicker holds the lock, a registered thread cannot pass its ``unregister`` (it would block
+    on the lock), so it is still inside its body, its stack is mapped and ``pthread_kill`` reaches it.
+    A thread that has unregistered is never signalled again, whatever happens to its stack after.
+    Stopping is also decided under the lock, and a thread checks ``stopping`` after registering, so a
+    thread that registers after a kick sees the stop instead (``immediate_exit`` also covers it).
+    """
 
     def __init__(self, vcpus: list | None = None) -> None:
         self.vcpus: list = vcpus if vcpus is not None else []
-        self.threads: dict[int, int] = {}  # vcpu index -> thread ident
+        self.threads: dict[int, int] = {}  # vcpu index -> ident, of threads registered (alive) only
         self.stopping = False
         self.request: StopRequest | None = None
         self.done = threading.Event()
         self.lock = threading.Lock()
+
+    def register(self, index: int) -> None:
+        """Called by a vCPU thread on itself, before it can be kicked."""
+        with self.lock:
+            self.threads[index] = threading.get_ident()
+
+    def unregister(self, index: int) -> None:
+        """Called by a vCPU thread on itself as its body's last action: it is never signalled after."""
+        with self.lock:
+            self.threads.pop(index, None)
 
     def stop(self, reason: str, exit_code: int = 0, crash: object | None = None) -> bool:
         """Ask every vCPU to stop.  The first request wins (True); later ones are ignored (False)."""
@@ -95,21 +119,23 @@ class VmControl:
             if first:
                 self.request = StopRequest(reason, exit_code, crash)
             self.stopping = True
-        self.kick_all()
+            self._kick_registered()
         self.done.set()
         return first
 
     def kick_all(self) -> None:
+        """Make every running vCPU leave KVM_RUN (it then sees ``stopping``)."""
+        with self.lock:
+            self._kick_registered()
+
+    def _kick_registered(self) -> None:  # caller holds self.lock: see the class docstring
         me = threading.get_ident()
         for v in self.vcpus:
             if v.fd >= 0:
-                v.immediate_exit = True
-        for ident in list(self.threads.values()):
+                v.set_immediate_exit(True)
+        for ident in self.threads.values():
             if ident != me:
-                try:
-                    signal.pthread_kill(ident, KICK_SIGNAL)
-                except (ProcessLookupError, OSError):
-                    pass  # the thread has already finished
+                signal.pthread_kill(ident, KICK_SIGNAL)  # registered: alive until it takes the lock
 
 
 def _block_async_signals() -> None:
@@ -142,12 +168,15 @@ class CoalescedWrites:
         return len(entries)
 
 
-def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None) -> None:
+def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced=None, sandbox=None) -> None:
     """Thread body: run ``vcpu`` until the VM stops.  ``on_exit(vcpu, reason, record)`` handles every
-    exit that is not port I/O, MMIO or INTR, and returns True to keep running."""
-    ctl.threads[vcpu.index] = threading.get_ident()
-    _block_async_signals()
+    exit that is not port I/O, MMIO or INTR, and returns True to keep running.  ``sandbox``: a
+    :class:`pvhboot.vmm.seccomp.VcpuSandbox` whose filter this thread loads before its first KVM_RUN."""
+    ctl.register(vcpu.index)
     try:
+        _block_async_signals()
+        if sandbox is not None:
+            sandbox.enter(vcpu.index)
         if ctl.stopping:
             return
         run_vcpu(vcpu, pio_bus, mmio_bus, ctl, on_exit, coalesced)
@@ -155,20 +184,21 @@ def vcpu_thread_main(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced
         from .crash import vmm_error
 
         ctl.stop("crash", crash=vmm_error(vcpu.index, e))
+    finally:
+        ctl.unregister(vcpu.index)  # last: from here on nobody signals this thread (VmControl)
 
 
 def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: CoalescedWrites | None = None) -> None:
     """The loop itself (also used directly by benchmarks).  ``coalesced``: delivered before each exit."""
     view = vcpu.run_view
     run = vcpu.run
-    unpack_exit = _EXIT_IO.unpack_from
+    unpack_exit = EXIT_IO.unpack_from
     pio_read, pio_write = pio_bus.read, pio_bus.write
-    values = _VALUE
+    values = IO_VALUE
     io_code, out = _EXIT_IO_CODE, _OUT  # locals: read on every exit
     deliver = coalesced.deliver if coalesced is not None else None
-    # The ring's {first, last} (kvm_coalesced_mmio_ring) through this vCPU's own mapping of the VM's
-    # ring page: peeking at two u32s costs ~0.05 us per exit, a method call ~0.3 us (bench 1).
-    head = view[_RING_PAGE:_RING_PAGE + 8].cast("I") if coalesced is not None else None
+    # The ring's {first, last} through this vCPU's own mapping of the VM's ring page (kvm/vcpu.py).
+    head = vcpu.coalesced_ring_head() if coalesced is not None else None
     try:
         while True:
             try:
@@ -179,10 +209,10 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
                     if ctl.stopping:
                         return
                     continue
-                raise
+                raise vcpu.run_failed(e) from None
             if head is not None and head[0] != head[1]:
                 deliver()  # queued writes first: the exit below must see them (e.g. LSR after THR bytes)
-            reason, direction, size, port, count, off = unpack_exit(view, 0)
+            reason, direction, size, port, count, off = unpack_exit(view)
             if reason == io_code:
                 fmt = values[size]
                 if direction == out:
@@ -198,14 +228,14 @@ def run_vcpu(vcpu, pio_bus, mmio_bus, ctl: VmControl, on_exit, coalesced: Coales
                         value = pio_read(port, size)
                         fmt.pack_into(view, off + i * size, _ALL_ONES[size] if value is None else value)
             elif reason == _EXIT_MMIO_CODE:
-                addr, data, length, is_write = _MMIO.unpack_from(view, 32)
+                addr, data, length, is_write = EXIT_MMIO.unpack_from(view)
                 if is_write:
                     mmio_bus.write(addr, length, int.from_bytes(data[:length], "little"))
                 else:
                     value = mmio_bus.read(addr, length)
                     if value is None:
                         value = (1 << (8 * length)) - 1
-                    struct.pack_into("<8s", view, 40, value.to_bytes(8, "little"))
+                    MMIO_DATA.pack_into(view, 0, value.to_bytes(MMIO_DATA_LEN, "little"))
             elif reason == _EXIT_INTR_CODE:
                 if ctl.stopping:
                     return

@@ -39,6 +39,8 @@ extern char ap_tramp_start[], ap_tramp_end[], fault64_stubs[];
 extern u64 pml4[];
 extern volatile u64 fixup64, last_vector64;
 extern volatile u32 ap_count, lapic_base;
+extern u64 probe_load_delta;            /* head.S: where the PVH entry ran - its link address */
+extern const u32 probe_reloc[3];        /* head.S: the PHYS32_RELOC note (align, min, max) */
 extern volatile u16 ap_slots[256];
 extern void halt_forever(void) __attribute__((noreturn));
 
@@ -66,8 +68,8 @@ static inline void wr8(u64 a, u8 v) { *(volatile u8 *)a = v; }
 static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
 
 #define FOUR_GIB 0x100000000ul
-#define IMAGE_START ((u64)_image_start)
-#define IMAGE_END ((u64)_image_end)
+#define IMAGE_START ((u64)_image_start + probe_load_delta)    /* physical: where the image was loaded */
+#define IMAGE_END ((u64)_image_end + probe_load_delta)
 /* Readable by the probe: it maps (identity) the low 4 GiB only. */
 static int readable(u64 a, u64 n) { return a < FOUR_GIB && n <= FOUR_GIB - a; }
 
@@ -440,8 +442,9 @@ static void report_pvh_entry(struct entry_state *st)
      * paging into a switch to long mode. */
     rule("entry.efer", ok(!(efer & (EFER_LME | EFER_LMA))), "efer=%lx", efer);
     rule("entry.eflags", ok(!(st->eflags & (FL_IF | FL_TF | FL_VM))), "eflags=%x", st->eflags);
-    rule("entry.cs_base", ok(st->call_eip == (u32)(u64)pvh_call_site),
-         "call pushed %x, link address %x", st->call_eip, (u32)(u64)pvh_call_site);
+    rule("entry.cs_base", ok(st->call_eip == (u32)((u64)pvh_call_site + probe_load_delta)),
+         "call pushed %x, link address %x + load delta %lx", st->call_eip, (u32)(u64)pvh_call_site,
+         probe_load_delta);
     rule("entry.cs_flat", ok((st->checks & CHK_CS_LOW) && (st->checks & CHK_CS_HIGH)),
          "read@0=%s read@0xfffffffc=%s", yn(st->checks & CHK_CS_LOW), yn(st->checks & CHK_CS_HIGH));
     check_segment("entry.ds_flat", st, CHK_DS_BASE, CHK_DS_LOW, CHK_DS_HIGH, CHK_DS_WRITE, 0);
@@ -1035,7 +1038,7 @@ static void check_acpi(void)
 #define APIC_ICR_LO 0x300
 #define APIC_ICR_HI 0x310
 
-static u32 madt_ids[64];
+static u32 madt_ids[256];      /* every MADT CPU: xAPIC ids are 8 bits, pvhboot lists up to 255 */
 static int nmadt;
 static int x2apic_mode;
 static u64 apic_mmio;
@@ -1077,13 +1080,13 @@ static void check_smp(void)
         if (type == 0 && elen >= 8) {           /* Processor Local APIC */
             u32 id = rd8(m + off + 3), flags = rd32(m + off + 4);
             emit("acpi.madt.lapic.%u=uid=%u id=%u flags=%x\n", (u32)nmadt, (u32)rd8(m + off + 2), id, flags);
-            if ((flags & 1) && nmadt < 64)
+            if ((flags & 1) && nmadt < 256)
                 madt_ids[nmadt++] = id;
             if (id == bsp) bsp_listed = 1;
         } else if (type == 9 && elen >= 16) {   /* Processor Local x2APIC */
             u32 id = rd32(m + off + 4), flags = rd32(m + off + 8);
             emit("acpi.madt.x2apic=id=%u flags=%x\n", id, flags);
-            if ((flags & 1) && nmadt < 64)
+            if ((flags & 1) && nmadt < 256)
                 madt_ids[nmadt++] = id;
             if (id == bsp) bsp_listed = 1;
         } else if (type == 1 && elen >= 12) {   /* I/O APIC */
@@ -1257,6 +1260,13 @@ void __attribute__((noreturn)) probe_main(struct entry_state *st)
     for (int i = 0; i < 64; i++)
         zero &= bss_canary[i] == 0;
     rule("load.bss_zeroed", ok(zero), zero ? "canary zero" : "canary not zero");
+    /* PHYS32_RELOC (xen/include/public/elfnote.h): the image runs at an address aligned as its note
+     * asks, inside the note's window; the caller compares image.load_addr with its own plan. */
+    emit("image.load_addr=%lx\n", IMAGE_START);
+    rule("image.placement", ok(IMAGE_START % probe_reloc[0] == 0 && IMAGE_START >= probe_reloc[1] &&
+                               IMAGE_END - 1 <= probe_reloc[2]),
+         "image %lx-%lx, note: align %x, window %x-%x", IMAGE_START, IMAGE_END, probe_reloc[0],
+         probe_reloc[1], probe_reloc[2]);
     u32 sig[4];
     cpuid(0x40000000, &sig[3], &sig[0], &sig[1], &sig[2]);
     put_s("cpu.hypervisor=");
