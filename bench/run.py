@@ -2,10 +2,10 @@
 
 Each measurement is its own script (bench/exit_roundtrip.py, probe_boot.py, builder_time.py,
 console.py, memory.py, rig_boot.py, churn.py, compare.py, stress_vcpus.py, virtio.py, virtio_rig.py,
-gdb_step.py), run here as a child process that prints one JSON result line; this collects them, prints
-the table, and writes bench/results.json (date, machine facts, every row and the raw runs),
-bench/results.md (the table as Markdown, for the README) and bench/results.png (ratios against goals;
-needs matplotlib, skipped with a note when it is absent).
+decompress.py, gdb_step.py), run here as a child process that prints one JSON result line; this
+collects them, prints the table, and writes bench/results.json (date, machine facts, every row and the
+raw runs), bench/results.md (the table as Markdown, for the README) and bench/results.png (ratios
+against goals; needs matplotlib, skipped with a note when it is absent).
 
     python3 -m bench.run                 # all but the rig (a few minutes on 2 shared cores)
     python3 -m bench.run --rig           # also benches 6 and 11 in the nested rig (adds several minutes)
@@ -24,7 +24,7 @@ import time
 from . import common
 
 BENCHES = ("exit_roundtrip", "probe_boot", "builder_time", "console", "memory", "rig_boot", "churn", "compare",
-           "stress_vcpus", "virtio", "virtio_rig",
+           "stress_vcpus", "virtio", "virtio_rig", "decompress",
            "gdb_step")
 RIG_BENCHES = ("rig_boot", "virtio_rig")  # run only with --rig
 RESULTS = common.BENCH_DIR / "results.json"
@@ -36,7 +36,7 @@ def bench_argv(name: str, repeats: int, quick: bool) -> list[str]:
     argv = [sys.executable, "-m", f"bench.{name}"]
     if name == "console":
         argv += ["--repeats", str(min(repeats, 3))] + (["--bytes", str(64 << 10)] if quick else [])
-    elif name in ("memory", "churn", "compare", "stress_vcpus", "gdb_step", *RIG_BENCHES):
+    elif name in ("memory", "churn", "compare", "stress_vcpus", "decompress", "gdb_step", *RIG_BENCHES):
         argv += ["--repeats", str(min(repeats, 3))]
         if name == "memory" and quick:
             argv += ["--flood-bytes", str(1 << 20)]

@@ -2,9 +2,10 @@
 # Install everything the three test tiers need on a fresh Debian 12 machine (run as root):
 # Debian packages (oracles, QEMU for the probe-under-QEMU test and the nested rig), pvhboot itself
 # with its test extras, and the Debian cloud kernel .deb (cached in .cache/, never committed).
+# (bzip2, like lz4, zstd and xz-utils, is also the peer tool of bench/decompress.py.)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils binutils gcc make python3 \
+pkgs=(qemu-system-x86 acpica-tools busybox-static cpio lz4 zstd xz-utils bzip2 binutils gcc make python3 \
       libpython3.11-stdlib python3-minimal libffi8 python3-seccomp gdb)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

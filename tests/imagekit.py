@@ -243,3 +243,39 @@ def build_bzimage(
     img += b"\xcc" * payload_offset + payload + b"\0" * 64
     assert ctypes.sizeof(hdr) == 123
     return bytes(img)
+
+
+def zeros_compressed(codec: str, size: int) -> bytes:
+    """A decompression bomb: ``size`` zero bytes through the codec's library, streamed in 8 MiB
+    pieces (never held whole).  ``size`` is a multiple of 8 MiB."""
+    chunk = bytes(8 << 20)
+    if codec == "lz4":
+        block = lz4_legacy(chunk)[4:]  # one 8 MiB block: (size, data)
+        return struct.pack("<I", 0x184C2102) + block * (size // len(chunk))
+    if codec == "zstd":
+        import zstandard
+
+        c = zstandard.ZstdCompressor(level=1).compressobj()
+    else:
+        import zlib
+
+        c = {"gzip": lambda: zlib.compressobj(1, wbits=31),
+             "bzip2": lambda: bz2.BZ2Compressor(1),
+             "lzma": lambda: lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=0),
+             "xz": lambda: lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0, check=lzma.CHECK_CRC32)}[codec]()
+    out = bytearray()
+    for _ in range(size // len(chunk)):
+        out += c.compress(chunk)
+    return bytes(out + c.flush())
+
+
+def graft_setup(real_bzimage: bytes, vmlinux: bytes | None = None) -> bytes:
+    """A real bzImage's setup area (its real setup header and setup code) + a small lz4 legacy
+    payload of ``vmlinux`` in place of its own: the real header, cheap to parse."""
+    setup_size = ((real_bzimage[0x1F1] or 4) + 1) * 512
+    vmlinux = build_elf() if vmlinux is None else vmlinux
+    payload = with_size(lz4_legacy(vmlinux), len(vmlinux))
+    out = bytearray(real_bzimage[:setup_size]) + b"\xcc" * 0x100 + payload
+    for name, value in (("payload_offset", 0x100), ("payload_length", len(payload))):
+        struct.pack_into("<I", out, SETUP_HEADER_OFFSET + getattr(setup_header, name).offset, value)
+    return bytes(out)

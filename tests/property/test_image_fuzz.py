@@ -4,14 +4,12 @@ Inputs: small synthetic ELFs and bzImages (every codec), and the real Debian bzI
 (its real header and setup code) grafted onto a small payload so that each example stays cheap.
 """
 import functools
-import struct
 
 import imagekit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pvhboot.abi.bootparam import SETUP_HEADER_OFFSET, setup_header
 from pvhboot.errors import PvhbootError
 from pvhboot.image import describe_kernel
 from pvhboot.image.symbols import SymbolTable
@@ -26,15 +24,7 @@ BZIMAGES = {codec: imagekit.build_bzimage(imagekit.build_elf(), codec=codec) for
 @functools.cache
 def _debian_hybrid(path) -> bytes:
     """The Debian bzImage's real setup area + a small lz4 legacy payload in place of its own."""
-    real = path.read_bytes()
-    setup_size = ((real[0x1F1] or 4) + 1) * 512
-    vmlinux = imagekit.build_elf()
-    payload = imagekit.with_size(imagekit.lz4_legacy(vmlinux), len(vmlinux))
-    out = bytearray(real[:setup_size]) + b"\xcc" * 0x100 + payload
-    for name, value in (("payload_offset", 0x100), ("payload_length", len(payload))):
-        f = getattr(setup_header, name)
-        struct.pack_into("<I", out, SETUP_HEADER_OFFSET + f.offset, value)
-    return bytes(out)
+    return imagekit.graft_setup(path.read_bytes())
 
 
 def _mutate(data: bytes, draw) -> bytes:
@@ -114,3 +104,23 @@ def test_every_truncation_of_a_small_bzimage(codec):
     img = BZIMAGES[codec]
     for cut in range(0, len(img), max(1, len(img) // 150)):
         _check(img[:cut])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(imagekit.CODECS), st.binary(max_size=4096), st.integers(0, 1 << 16),
+       st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=4))
+def test_decompress_gives_exactly_the_claim_or_pvhboot_error(codec, raw, claim, edits):
+    """Whatever the stream and its trailer's claim: the exact data when the claim is its length,
+    else ImageError; never more output than the claim, never another exception."""
+    from pvhboot.image.decompress import decompress_payload
+
+    stream = bytearray(imagekit.compress(codec, raw))
+    for pos, val in edits:
+        stream[pos % len(stream)] = val
+    try:
+        out = decompress_payload(imagekit.with_size(bytes(stream), claim))
+    except PvhbootError:
+        return
+    assert len(out) == claim
+    if not edits:
+        assert bytes(out) == raw

@@ -119,8 +119,8 @@ def test_setup_sects_past_eof():
 
 def test_size_trailer_mismatch():
     payload = imagekit.with_size(imagekit.compress("gzip", VMLINUX), len(VMLINUX) - 1)
-    with pytest.raises(ImageError, match=f"^gzip payload decompressed to {len(VMLINUX)} bytes "
-                                         f"but its size trailer says {len(VMLINUX) - 1}$"):
+    with pytest.raises(ImageError, match=f"^gzip payload decompresses to more than the {len(VMLINUX) - 1} "
+                                         "bytes its size trailer says$"):
         parse_bzimage(imagekit.build_bzimage(payload=payload))
 
 

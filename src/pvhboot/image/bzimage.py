@@ -26,7 +26,7 @@ from ..abi.bootparam import (
     setup_header,
 )
 from ..errors import ImageError
-from .decompress import decompress_payload, detect_compression
+from .decompress import decompress_payload, decompressed_size, detect_compression
 from .elf import parse_elf
 from .model import BzImage
 
@@ -35,6 +35,8 @@ DEFAULT_LOAD_ADDRESS = 0x100000
 # boot.rst: payload_offset / payload_length exist from protocol 2.08.
 MIN_PROTOCOL = 0x0208
 SECTOR = 512
+# boot.rst: init_size exists from protocol 2.10.
+INIT_SIZE_PROTOCOL = 0x020A
 # boot.rst "kernel_version": if nonzero, a pointer (minus 0x200) to a NUL-terminated version string.
 _KERNEL_VERSION_BASE = 0x200
 
@@ -93,6 +95,7 @@ def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
     header = {name: getattr(hdr, name) for name, _ in setup_header._fields_}
     elf = None
     if decompress:
+        _check_output_fits_init_size(hdr, payload)
         vmlinux = decompress_payload(payload, compression)
         try:
             elf = parse_elf(vmlinux)
@@ -111,6 +114,17 @@ def parse_bzimage(data, *, decompress: bool = True) -> BzImage:
         payload_length=hdr.payload_length,
         version_string=_kernel_version(data, hdr.kernel_version),
     )
+
+
+def _check_output_fits_init_size(hdr: setup_header, payload) -> None:
+    """The decompressed size can be no more than init_size: the kernel decompresses in place
+    within init_size bytes (arch/x86/boot/header.S: INIT_SIZE >= ZO_INIT_SIZE = ZO__end -
+    startup_32 + an extract offset of at least z_output_len - z_input_len, and the payload lies
+    inside ZO).  A larger trailer is corruption, refused before anything is allocated for it."""
+    claim = decompressed_size(payload)
+    if hdr.version >= INIT_SIZE_PROTOCOL and hdr.init_size and claim > hdr.init_size:
+        raise ImageError(f"bzImage payload's size trailer says {claim} bytes, more than the setup header's "
+                         f"init_size {hdr.init_size:#x} the kernel decompresses into: the image is corrupt")
 
 
 def _kernel_version(data, pointer: int) -> str | None:
