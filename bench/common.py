@@ -10,6 +10,7 @@ where a ROW is ``{"id", "metric", "unit", "pvhboot", "reference", "ref_name", "r
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -261,3 +262,17 @@ def find_qemu_cpu(kernel: str, tmp: Path, survey: bool = False) -> tuple[str | N
         failed[cpu] = f"exit {r.returncode}: " + next((ln for ln in err if "warning" not in ln), "no output")
     return found, failed
 
+
+
+def repeats_main(name: str, measure, repeats: int):
+    """The ``main(argv)`` of a bench whose one option is ``--repeats``: parse, measure, emit."""
+
+    def main(argv=None) -> int:
+        doc = sys.modules[measure.__module__].__doc__ or name
+        ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+        ap.add_argument("--repeats", type=int, default=repeats)
+        a = ap.parse_args(argv)
+        emit(name, **measure(a.repeats))
+        return 0
+
+    return main

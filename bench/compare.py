@@ -10,7 +10,6 @@ connected client (a farm's long-lived submitter); connecting a client, which `pv
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
@@ -90,12 +89,7 @@ def measure(repeats: int = 3) -> dict:
     return {"rows": rows, "notes": notes, "details": {"walls_s": walls, "cells": n, "connect_s": connects}}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
-    common.emit("compare", **measure(a.repeats))
-    return 0
+main = common.repeats_main("compare", measure, repeats=3)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ promise is one output-sized buffer, plus the codec's own window for lzma, xz and
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -104,12 +103,7 @@ def measure(repeats: int) -> dict:
             "details": details}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
-    common.emit("decompress", **measure(a.repeats))
-    return 0
+main = common.repeats_main("decompress", measure, repeats=3)
 
 
 if __name__ == "__main__":

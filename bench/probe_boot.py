@@ -6,7 +6,6 @@ and the guest's own run time inside pvhboot (first KVM_RUN to exit, from ``--eve
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -60,12 +59,7 @@ def measure(repeats: int = 5) -> dict:
     return {"rows": rows, "notes": notes, "details": details}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    a = ap.parse_args(argv)
-    common.emit("probe_boot", **measure(a.repeats))
-    return 0
+main = common.repeats_main("probe_boot", measure, repeats=5)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ VMM crash at teardown, issue 10's SIGSEGV, is a failure here too).  The kvm tier
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -59,12 +58,7 @@ def measure(repeats: int = 3) -> dict:
     return {"rows": rows, "notes": notes, "details": details}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
-    common.emit("stress_vcpus", **measure(a.repeats))
-    return 0
+main = common.repeats_main("stress_vcpus", measure, repeats=3)
 
 
 if __name__ == "__main__":

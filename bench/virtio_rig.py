@@ -18,7 +18,6 @@ accessible"), which would only measure that stall.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from . import common
@@ -93,12 +92,7 @@ def not_run(reason: str) -> dict:
                          status="not run")], "notes": [f"not run: {reason}"], "details": {}}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=2)
-    a = ap.parse_args(argv)
-    common.emit("virtio_rig", **measure(a.repeats))
-    return 0
+main = common.repeats_main("virtio_rig", measure, repeats=2)
 
 
 if __name__ == "__main__":

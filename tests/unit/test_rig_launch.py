@@ -6,6 +6,14 @@ import pytest
 from pvhboot.rig import launch
 
 
+@pytest.fixture(autouse=True)
+def _private_console_logs(monkeypatch, tmp_path):
+    # The stand-ins' consoles go to this test's folder, never over the real rig's logs (which
+    # .ci/run shows when a run fails).
+    monkeypatch.setattr(launch, "CONSOLE_LOG", tmp_path / "last-console.log")
+    monkeypatch.setattr(launch, "FAILED_CONSOLE_LOG", tmp_path / "last-console-failed.log")
+
+
 def _fake(script: str) -> list[str]:
     return ["sh", "-c", script]
 
@@ -96,6 +104,21 @@ def test_run_in_rig_gives_up_after_its_attempts(monkeypatch, tmp_path):
     monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
     with pytest.raises(launch.RigStalled):
         launch.run_in_rig("true", timeout=30, attempts=2)
+    assert launch.FAILED_CONSOLE_LOG.exists()  # kept for .ci/run, whatever later rig runs write
+
+
+def test_a_failed_run_keeps_its_console(monkeypatch, tmp_path):
+    def fails(*args):
+        launch.CONSOLE_LOG.write_text("the failed run's console\n")
+        raise launch.RigError("rig failed to come up: test")
+
+    monkeypatch.setattr(launch, "_run_qemu", fails)
+    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
+    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    with pytest.raises(launch.RigError):
+        launch.run_in_rig("true", timeout=30)
+    assert launch.FAILED_CONSOLE_LOG.read_text() == "the failed run's console\n"
 
 
 def _empty(tmp_path):

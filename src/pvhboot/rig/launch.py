@@ -30,6 +30,8 @@ from .build import CACHE_DIR, HEARTBEAT_S, build_rig, outer_kernel, write_comman
 
 # The whole console of the latest rig run (see _run_qemu).
 CONSOLE_LOG = CACHE_DIR / "last-console.log"
+# The console of the latest rig run that ended in a RigError (later runs overwrite CONSOLE_LOG).
+FAILED_CONSOLE_LOG = CACHE_DIR / "last-console-failed.log"
 # The rig reports RIG-READY ~3.3 s after QEMU starts here; 90 s means it is stuck, not slow.
 READY_TIMEOUT_S = 90.0
 # While the command runs the outer guest prints a heartbeat every HEARTBEAT_S seconds of its own
@@ -170,9 +172,14 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
                 kept = CONSOLE_LOG.with_name(f"last-console-attempt{attempt}.log")
                 shutil.copyfile(CONSOLE_LOG, kept)
                 if attempt == attempts:
+                    shutil.copyfile(CONSOLE_LOG, FAILED_CONSOLE_LOG)
                     raise
                 print(f"rig: {str(e).splitlines()[0]}; starting it again (console kept in {kept})",
                       file=sys.stderr, flush=True)
+            except RigError:
+                # Later rig runs overwrite CONSOLE_LOG: keep the failed one for .ci/run to show.
+                shutil.copyfile(CONSOLE_LOG, FAILED_CONSOLE_LOG)
+                raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
