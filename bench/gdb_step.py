@@ -109,12 +109,12 @@ def measure(repeats: int = 3, steps: int = STEPS) -> dict:
             runs[f"qemu-{accel}"].append(rate)
     shutil.rmtree(tmp, ignore_errors=True)
     med = {k: median(v) for k, v in runs.items() if v}
-    rows = [row("9", "gdb stepi round trip, pvhboot --gdb", "steps/s", med["pvhboot"])]
+    rows = [row("13", "gdb stepi round trip, pvhboot --gdb", "steps/s", med["pvhboot"])]
     for accel in accels:
         q = med.get(f"qemu-{accel}")
         if q is not None:
             # higher is better: the ratio is pvhboot / QEMU
-            rows.append(row(f"9{accel[0]}", f"same, against QEMU's gdbstub ({accel})", "steps/s", med["pvhboot"],
+            rows.append(row(f"13{accel[0]}", f"same, against QEMU's gdbstub ({accel})", "steps/s", med["pvhboot"],
                             q, f"QEMU microvm {accel}"))
     notes.append(f"{steps} stepi from the PVH entry {entry:#x} (pc at start: "
                  + ", ".join(f"{k} {v}" for k, v in pcs.items()) + f"), {repeats} interleaved runs, medians; "
