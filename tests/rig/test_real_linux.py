@@ -25,13 +25,14 @@ import pytest
 from pvhboot.commands.run import write_run_initramfs
 from pvhboot.rig import RigError, run_in_rig
 from pvhboot.rig.build import CACHE_DIR
-from pvhboot.rig.launch import CONSOLE_LOG
+from pvhboot.rig.launch import ATTEMPTS, CONSOLE_LOG
 
-# A group's rig may be booted twice (a stalled outer guest is started again), each boot bounded by
-# RIG_TIMEOUT_S: pytest's own limit sits above both, so a hang ends in the rig's diagnosis.
+# A group's rig may be booted up to ATTEMPTS times (a stalled outer guest is started again), each
+# boot bounded by RIG_TIMEOUT_S: pytest's own limit sits above all of them, so a hang ends in the
+# rig's diagnosis.
 RIG_TIMEOUT_S = 300
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"),
-              pytest.mark.timeout(2 * RIG_TIMEOUT_S + 120)]
+              pytest.mark.timeout(ATTEMPTS * RIG_TIMEOUT_S + 120)]
 
 HERE = Path(__file__).resolve().parent
 MEMORY = 128 << 20

@@ -125,3 +125,23 @@ def _empty(tmp_path):
     rig = tmp_path / "rig.cpio"
     rig.write_bytes(b"")
     return rig
+
+
+def test_an_outer_lockup_report_is_a_stall_even_while_the_console_talks(monkeypatch):
+    # The outer kernel reports a soft lockup and keeps printing (its report, heartbeats from the other
+    # CPU): that is a wedged outer guest, ended after LOCKUP_GRACE_S, not at the timeout.
+    monkeypatch.setattr(launch, "LOCKUP_GRACE_S", 0.5)
+    script = ("echo RIG-READY; echo RIG-BEGIN; "
+              "echo '[ 288.1] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [python3:123]'; "
+              "while :; do echo ' on_each_cpu_cond_mask+0x20/0x40'; echo RIG-HEARTBEAT; sleep 0.1; done")
+    with pytest.raises(launch.RigStalled) as e:
+        launch._run_qemu(_fake(script), timeout=60, echo=None, ready_timeout=10, stall_timeout=30)
+    assert "reported a lockup (" in str(e.value) and "soft lockup - CPU#0" in str(e.value)
+
+
+def test_a_chatty_console_without_heartbeat_is_a_stall():
+    # Lines keep coming (say, a kernel warning repeating) but the watchdog's heartbeat has stopped.
+    script = "echo RIG-READY; echo RIG-BEGIN; while :; do echo kernel-noise; sleep 0.1; done"
+    with pytest.raises(launch.RigStalled) as e:
+        launch._run_qemu(_fake(script), timeout=60, echo=None, ready_timeout=10, stall_timeout=1)
+    assert "heartbeat stopped" in str(e.value)
