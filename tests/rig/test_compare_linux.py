@@ -91,7 +91,9 @@ def test_every_path_boots_and_only_allowed_differences(runs):
     doc = _run(runs, "clean")
     assert [c["path"] for c in doc["cells"]] == ["pvh", "linux64", "linux32", "linux64-vmlinux"]
     for c in doc["cells"]:
-        assert c["status"] == "ok", c
+        # Say why in full (pytest would shorten the dict): the crash report and the console's end.
+        assert c["status"] == "ok", (f"{c['path']}: {c['status']} {c.get('exit')}\n"
+                                     f"{c.get('crash_report') or ''}\n{(c.get('console_tail') or '')[-3000:]}")
         assert c["fields"] > 200, c  # boot_params, memmap, cpus, ACPI, vulnerabilities, dmesg lines...
     rows = _rows(doc)
     findings = {f: r["values"] for f, r in rows.items() if r["kind"] == "finding"}
