@@ -162,6 +162,39 @@ def test_probe_from_pvh_entry_through_long_mode_to_pass(gdb, tmp_path):
     assert rc == 0 and b"PROBE PASS" in console, (rc, console[-500:], bytes(err))
 
 
+def test_page_trap_breakpoints_from_the_entry_to_pass(gdb, tmp_path):
+    """`monitor swbreak pagetrap`: break and hbreak as memory-slot holes, the mechanism the nested rig
+    needs (no breakpoint kind reaches a KVM nested under QEMU TCG).  The first break is in the page
+    the vCPU stands in at the PVH entry, so the whole 32-bit phase is stepped through with the page
+    back in; a gdb read of a trapped page shows its bytes; the last `continue`, with no breakpoint
+    left, runs at full speed to PROBE PASS."""
+    image = load_kernel(probe_elf())
+    proc, address, err = start_vmm("--gdb-wait", "--cpus", "2", "--memory", "64M")
+    out = run_gdb(gdb, address, [
+        "monitor swbreak pagetrap",
+        "echo @long\\n", "break pvh_long_mode", "continue", "p/x $pc", "p/x $efer", "x/1bx pvh_long_mode",
+        "echo @main\\n", "break probe_main", "continue", "p/x $pc",
+        "echo @emit\\n", "delete", "hbreak emit", "continue", "p/x $pc", "info threads",
+        "echo @end\\n", "delete", "continue",
+    ], tmp_path, vmm=(proc, err))
+    rc, console = finish(proc)
+    sections = dict(re.findall(r"@(\w+)\n(.*?)(?=@\w+\n|\Z)", out, re.S))
+    assert "page traps (monitor swbreak pagetrap; memory-slot holes" in out, out
+    long = sections.get("long", "")
+    assert "Breakpoint 1, " in long and "pvh_long_mode" in long, out
+    assert re.search(r"\$2 = 0x5\d\d", long), out  # EFER: LME|LMA (0x500), NXE may be on too
+    seg = image.elf.segments[0]
+    first_byte = image.elf.data[int(re.search(r"Breakpoint 1 at (0x[0-9a-f]+)", out).group(1), 16)
+                                - seg.paddr + seg.offset]
+    assert re.search(rf"<pvh_long_mode>:\s+{first_byte:#04x}", long), out  # the page's bytes, not a hole
+    assert "Breakpoint 2, " in sections.get("main", "") and "probe_main" in sections["main"], out
+    emit = sections.get("emit", "")
+    assert "Hardware assisted breakpoint 3 at " in emit and "hit Breakpoint 3, " in emit and "in emit ()" in emit, out
+    assert re.search(r"2\s+Thread 2 \(vCPU 1\)", emit), out
+    assert "exited normally" in sections.get("end", ""), out
+    assert rc == 0 and b"PROBE PASS" in console, (rc, console[-500:], bytes(err))
+
+
 def test_registers_memory_and_monitor(gdb, tmp_path):
     """g/G/p/P and m/M on a stopped vCPU, the 32-bit disassembly gdb cannot do itself; the script
     ends on an unreadable address (a gdb error ends a batch script: gdb detaches, the guest runs on)."""

@@ -108,3 +108,19 @@ def test_default_name_is_the_class_name():
     bus.insert(Recorder(), 0x80, 1)
     with pytest.raises(ConfigError, match="'Recorder'"):
         bus.insert(Recorder(), 0x80, 1, "again")
+
+
+@pytest.mark.parametrize("length", [8, DICT_MAX_LENGTH + 0x1000])
+def test_remove_takes_out_only_that_device(length):
+    """The gdb stub's page-trap windows come and go (vmm/gdbstub.py RamWindow)."""
+    bus = Bus("mmio")
+    a, b = Recorder(1), Recorder(2)
+    bus.insert(a, 0x10000, length, "a")
+    bus.insert(b, 0x10000 + length, length, "b")
+    bus.remove(0x10000)
+    assert bus.read(0x10000, 4) is None and not bus.write(0x10000 + length - 1, 1, 0)
+    assert bus.read(0x10000 + length, 4) == 2 and len(bus) == 1
+    bus.insert(Recorder(3), 0x10000, length, "again")  # the range is free again
+    assert bus.read(0x10000, 4) == 3
+    with pytest.raises(KeyError, match="no device at 0x20"):
+        bus.remove(0x20)

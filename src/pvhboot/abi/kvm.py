@@ -497,6 +497,27 @@ class kvm_guest_debug(ctypes.Structure):
 
 check_layout(kvm_guest_debug, 72, control=0, pad=4, arch=8)
 
+class kvm_vcpu_events_exception(ctypes.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8), ("error_code", u32)]
+
+
+class kvm_vcpu_events(ctypes.Structure):
+    """asm/kvm.h, for KVM_GET/SET_VCPU_EVENTS (api.rst 4.31): the exception, interrupt and NMI KVM has
+    pending or in flight for a vCPU.  The gdb stub clears the #UD KVM queues with an emulation failure
+    it reports to user space (x86.c handle_emulation_failure) when that failure is one of its traps."""
+
+    _fields_ = [("exception", kvm_vcpu_events_exception),
+                ("interrupt", u8 * 4),  # injected, nr, soft, shadow
+                ("nmi", u8 * 4),  # injected, pending, masked, pad
+                ("sipi_vector", u32), ("flags", u32),
+                ("smi", u8 * 4),  # smm, pending, smm_inside_nmi, latched_init
+                ("triple_fault_pending", u8), ("reserved", u8 * 26),
+                ("exception_has_payload", u8), ("exception_payload", u64)]
+
+
+check_layout(kvm_vcpu_events, 64, exception=0, interrupt=8, nmi=12, sipi_vector=16, flags=20, smi=24,
+             triple_fault_pending=28, exception_has_payload=55, exception_payload=56)
+
 # kvm.h KVM_GUESTDBG_ENABLE/SINGLESTEP and asm/kvm.h (x86) KVM_GUESTDBG_USE_* / INJECT_* / BLOCKIRQ
 KVM_GUESTDBG_ENABLE = 0x00000001
 KVM_GUESTDBG_SINGLESTEP = 0x00000002
@@ -543,6 +564,8 @@ KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, kvm_cpuid2)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
 KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9B, kvm_guest_debug)
+KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xA0, kvm_vcpu_events)
 
 
 # --- MSR indices (arch/x86/include/asm/msr-index.h) that a VMM sets before boot ---

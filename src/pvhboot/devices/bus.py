@@ -76,6 +76,20 @@ class Bus:
         self._ranges.append(BusRange(base, length, name, device))
         self._ranges.sort(key=lambda r: r.base)
 
+    def remove(self, base: int) -> None:
+        """Take out the device registered at ``base`` (the gdb stub's RAM windows come and go)."""
+        r = next((r for r in self._ranges if r.base == base), None)
+        if r is None:
+            raise KeyError(f"{self.name} bus: no device at {base:#x}")
+        self._ranges.remove(r)
+        if r.length <= DICT_MAX_LENGTH:
+            for addr in range(base, base + r.length):
+                del self._small[addr]
+        else:
+            i = self._large_bases.index(base)
+            del self._large_bases[i]
+            del self._large[i]
+
     def _find_large(self, addr: int):
         i = bisect_right(self._large_bases, addr) - 1
         if i >= 0:

@@ -162,6 +162,18 @@ class Vcpu:
             dbg.arch.debugreg[i] = value
         self._call("KVM_SET_GUEST_DEBUG", abi.KVM_SET_GUEST_DEBUG, dbg)
 
+    def clear_pending_exception(self) -> bool:
+        """KVM_GET/SET_VCPU_EVENTS: drop the exception KVM has queued for the next entry (the #UD of an
+        emulation failure that the VMM handled itself).  True when there was one."""
+        events = abi.kvm_vcpu_events()
+        self._call("KVM_GET_VCPU_EVENTS", abi.KVM_GET_VCPU_EVENTS, events)
+        if not (events.exception.injected or events.exception.pending):
+            return False
+        events.exception.injected = events.exception.pending = 0
+        events.exception_has_payload = 0
+        self._call("KVM_SET_VCPU_EVENTS", abi.KVM_SET_VCPU_EVENTS, events)
+        return True
+
     # --- MSRs ---
     def set_msrs(self, msrs: dict[int, int]) -> None:
         """KVM_SET_MSRS; every MSR must be accepted (the ioctl returns how many were set)."""

@@ -43,7 +43,8 @@ class Vm:
         self.kvm = kvm
         self.fd = fd
         self.vcpus: list = []
-        self._slots = 0
+        self._ram: list[tuple[int, int, int]] = []  # (guest address, size, host address) per RAM region
+        self._ram_slots: dict[int, tuple[int, int, int]] = {}  # memory slot -> the RAM piece it maps
         self.has_irqchip = False
 
     def __enter__(self) -> Vm:
@@ -78,8 +79,34 @@ class Vm:
     def add_guest_memory(self, mem) -> None:
         """One memory slot per RAM region of a :class:`pvhboot.memory.GuestMemory` (region.host_addr)."""
         for region in mem.regions:
-            self.set_user_memory_region(self._slots, region.guest_addr, region.size, region.host_addr)
-            self._slots += 1
+            self._ram.append((region.guest_addr, region.size, region.host_addr))
+        self.set_ram_holes(set())
+
+    def set_ram_holes(self, holes: set[int]) -> None:
+        """Leave the 4 KiB guest pages at ``holes`` (page addresses) out of the memory slots, every other
+        RAM page in: a guest access to a hole exits to user space (KVM_EXIT_MMIO for data, an emulation
+        failure for an instruction fetch), which is how the gdb stub traps execution where no breakpoint
+        kind reaches KVM.  Only the slots that change are deleted and added again, so call it while no
+        vCPU can touch their RAM (all stopped)."""
+        want = []
+        for gpa, size, host in self._ram:
+            start, end = gpa, gpa + size
+            for hole in sorted(h for h in holes if gpa <= h < gpa + size):
+                if hole > start:
+                    want.append((start, hole - start, host + start - gpa))
+                start = hole + 0x1000
+            if end > start:
+                want.append((start, end - start, host + start - gpa))
+        have = {piece: slot for slot, piece in self._ram_slots.items()}
+        for slot, piece in list(self._ram_slots.items()):
+            if piece not in want:
+                self.set_user_memory_region(slot, piece[0], 0, piece[2])  # size 0 deletes the slot
+                del self._ram_slots[slot]
+        for piece in want:
+            if piece not in have:
+                slot = next(i for i in range(len(self._ram_slots) + 1) if i not in self._ram_slots)
+                self.set_user_memory_region(slot, piece[0], piece[1], piece[2])
+                self._ram_slots[slot] = piece
 
     # --- platform devices inside KVM ---
     def create_irqchip(self) -> None:

@@ -296,6 +296,8 @@ class Machine:
         return False
 
     def _on_internal_error(self, vcpu, record) -> bool:
+        if self.gdb is not None and self.gdb.on_exec_trap(vcpu, record):
+            return True  # a gdb page trap (vmm/gdbstub.py), not a failure
         self._crash(vcpu, "internal error", f"KVM_EXIT_INTERNAL_ERROR {record.suberror_name}", internal=record)
         return False
 

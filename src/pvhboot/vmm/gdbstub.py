@@ -25,6 +25,16 @@ General Query Packets, Target Descriptions).  What this stub does, and why:
   vCPU cannot translate yet (``break start_kernel`` while paging is still off).  The stop reply says
   ``swbreak`` for a ``Z0`` hit either way, ``hwbreak`` for ``Z1``, ``watch``/``rwatch``/``awatch:ADDR``.
   A #BP or #DB that is not ours is given back to the guest (KVM_GUESTDBG_INJECT_BP / _DB).
+- **Page traps**, where neither breakpoint kind reaches KVM (a KVM nested under QEMU's TCG: the rig;
+  ``monitor swbreak pagetrap`` anywhere).  A breakpoint's 4 KiB guest page is taken out of the memory
+  slots while the guest runs (:meth:`pvhboot.kvm.Vm.set_ram_holes`).  An instruction fetch from it
+  cannot be emulated, so KVM stops with KVM_EXIT_INTERNAL_ERROR (EMULATION) at that instruction,
+  and queues a #UD that the stub takes back (KVM_SET_VCPU_EVENTS).  At a breakpoint address that is a
+  stop.  Anywhere else in the page, the page goes back in and that vCPU alone runs single-stepped
+  (the others are parked) until it leaves the page or reaches a breakpoint.  Data accesses to the page
+  exit as MMIO and are served from guest RAM (:class:`RamWindow`).  An address the vCPU cannot
+  translate yet (``break start_kernel`` at the 32-bit entry) is placed where the kernel's ELF
+  program headers loaded it.
 - **Memory** (``m``/``M``/``X``) is guest-virtual, translated page by page through the selected vCPU's
   current paging (KVM_TRANSLATE, which is the identity while paging is off); ``int3`` bytes the stub
   wrote are shown as the original bytes.
@@ -411,7 +421,22 @@ MONITOR_HELP = ("monitor disas [ADDR [N]]  disassemble N instructions at ADDR (d
                 "current mode (16/32/64-bit)\n"
                 "monitor mode              the selected vCPU's mode, paging, CR0/CR4/EFER\n"
                 "monitor mechanisms        how breakpoints, watchpoints and steps work on this KVM\n"
-                "monitor swbreak int3|hw|auto  how later `break`s are set (auto: int3 where KVM sees it)\n")
+                "monitor swbreak int3|hw|pagetrap|auto  how later `break`s are set (auto: int3 where KVM "
+                "sees it; pagetrap also takes hbreak)\n")
+
+class RamWindow:
+    """A guest RAM page taken out of the memory slots for a page trap, served to the guest's data
+    accesses (KVM_EXIT_MMIO, split at page boundaries by KVM's emulator) from the same host memory."""
+
+    def __init__(self, mem, base: int) -> None:
+        self.mem, self.base = mem, base
+
+    def read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.mem.read(self.base + offset, size), "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.mem.write(self.base + offset, value.to_bytes(size, "little"))
+
 
 class StopEvent:
     __slots__ = ("index", "signal", "reason", "addr")
@@ -423,7 +448,7 @@ class StopEvent:
 class _Slot:
     """One vCPU as the stub sees it."""
 
-    __slots__ = ("vcpu", "parked", "calls", "resume", "state", "stepping", "inject")
+    __slots__ = ("vcpu", "parked", "calls", "resume", "state", "stepping", "inject", "page_step", "page_phys")
 
     def __init__(self, vcpu) -> None:
         self.vcpu = vcpu
@@ -433,6 +458,8 @@ class _Slot:
         self.state: RegisterState | None = None  # cached while parked
         self.stepping = False
         self.inject = 0  # KVM_GUESTDBG_INJECT_* for the next entry
+        self.page_step: int | None = None  # the linear page this vCPU is single-stepped through (page trap)
+        self.page_phys = 0  # ... and its guest-physical page, back in the memory slots meanwhile
 
 
 class _Box:
@@ -457,8 +484,11 @@ class GdbStub:
     POLL_S = 0.1  # how often blocked waits look at the VM's stop flag
     # What a parked vCPU thread issues for the stub, beside the run loop's own (vmm/seccomp.py's
     # allow-list must let them through): registers, FPU, translations, guest debugging.
+    # Page traps: a vCPU thread stepping through a trapped page changes the memory slots (a VM ioctl)
+    # and takes back the #UD of the emulation failure.
     VCPU_IOCTLS = (abi.KVM_GET_REGS, abi.KVM_SET_REGS, abi.KVM_GET_SREGS, abi.KVM_SET_SREGS, abi.KVM_GET_FPU,
-                   abi.KVM_SET_FPU, abi.KVM_TRANSLATE, abi.KVM_SET_GUEST_DEBUG)
+                   abi.KVM_SET_FPU, abi.KVM_TRANSLATE, abi.KVM_SET_GUEST_DEBUG, abi.KVM_GET_VCPU_EVENTS,
+                   abi.KVM_SET_VCPU_EVENTS, abi.KVM_SET_USER_MEMORY_REGION)
 
     def __init__(self, machine, address: str, wait: bool = False, log=None) -> None:
         self.machine = machine
@@ -488,7 +518,15 @@ class GdbStub:
         # probe's first store stays silent); exec breakpoints and single-step do work.
         self.int3_unusable = int3_unusable_reason(machine.on_kvm_pvm)  # None: int3 reaches KVM
         self.native_sw_bp = self.int3_unusable is None
-        self.data_breakpoints = not machine.on_kvm_pvm
+        # Nested under QEMU's TCG (the rig) no breakpoint kind reaches KVM (tests/rig/test_gdb_linux.py):
+        # break and hbreak become page traps there, watchpoints are single-stepped.
+        self.nested_tcg = bool(self.int3_unusable and "QEMU TCG" in self.int3_unusable)
+        self.page_traps = self.nested_tcg
+        self.data_breakpoints = not machine.on_kvm_pvm and not self.nested_tcg
+        self.page_bps: dict[int, tuple[int, str]] = {}  # linear addr -> (guest-physical addr, "sw"/"hw")
+        self.holes: set[int] = set()  # guest-physical pages out of the memory slots now
+        self._held: dict[int, str] = {}  # vCPUs parked while one steps through a trapped page -> action
+        self._gdb_pause = False  # the pause is gdb's (a stop or Ctrl-C), not a page step's
         # Without data breakpoints, write watchpoints are watched by single-stepping the vCPUs and
         # comparing the watched bytes after each instruction (what gdb calls a software watchpoint,
         # done in the stub): [linear addr, length, guest-physical addr or None, last bytes].
@@ -522,7 +560,7 @@ class GdbStub:
     def start(self) -> None:
         self.ctl.debug = self
         if self.wait:  # every vCPU parks before its first instruction
-            self.pause_requested = True
+            self.pause_requested = self._gdb_pause = True
             self.events.append(StopEvent(0))
             for s in self.slots:
                 s.vcpu.set_immediate_exit(True)
@@ -595,6 +633,8 @@ class GdbStub:
 
     def _classify(self, slot: _Slot, record) -> StopEvent | None:
         index = slot.vcpu.index
+        if slot.page_step is not None and record.exception == 1:
+            return self._page_step_done(slot, record.pc)
         if record.exception == 3:  # #BP: one of our int3s?
             if record.pc in self.sw_bps:  # KVM reports the int3's own address (VMX, SVM)
                 return StopEvent(index, reason="swbreak")
@@ -646,6 +686,92 @@ class GdbStub:
                 w[3] = now
                 return addr
         return None
+
+    # --- page traps (vCPU-thread side) ---
+    def on_exec_trap(self, vcpu, record) -> bool:
+        """KVM_EXIT_INTERNAL_ERROR on ``vcpu``: True when it is an instruction fetch from a trapped page
+        (handled here: a breakpoint stop, or a step through the page), False for a real failure."""
+        if not self.holes or record.suberror != abi.KvmInternalError.EMULATION:
+            return False
+        rip = vcpu.get_regs().rip  # CS is flat at the PVH entry and in long mode: linear == rip
+        phys = vcpu.translate(rip)
+        if phys is None or phys & ~0xFFF not in self.holes:
+            return False
+        vcpu.clear_pending_exception()  # the #UD KVM queued with the failure (x86.c handle_emulation_failure)
+        slot = self.slots[vcpu.index]
+        bp = self.page_bps.get(rip)
+        if bp is not None and not slot.stepping:
+            self._request_pause()
+            self.park(vcpu, StopEvent(vcpu.index, reason="swbreak" if bp[1] == "sw" else "hwbreak"))
+            return not self.ctl.stopping
+        self._hold_others(vcpu)
+        with self.cond:
+            slot.page_step, slot.page_phys = rip & ~0xFFF, phys & ~0xFFF
+            self._sync_holes()
+        self._apply_debug(slot)
+        return True
+
+    def _page_step_done(self, slot: _Slot, pc: int) -> StopEvent | None:
+        """One instruction of a page step is done (#DB): a stop, or _RUN_ON (stepping on or not)."""
+        bp = self.page_bps.get(pc)
+        if bp is not None or slot.stepping:  # a breakpoint, or the single step gdb asked for
+            self._end_page_step(slot, release=False)
+            if slot.stepping or bp is None:
+                return StopEvent(slot.vcpu.index)
+            return StopEvent(slot.vcpu.index, reason="swbreak" if bp[1] == "sw" else "hwbreak")
+        if pc & ~0xFFF != slot.page_step:  # left the page: trap it again, let the others run
+            self._end_page_step(slot, release=True)
+        return _RUN_ON
+
+    def _end_page_step(self, slot: _Slot, release: bool) -> None:
+        with self.cond:
+            slot.page_step = None
+            self._sync_holes()
+            if release and self._held and not self._gdb_pause:
+                self.pause_requested = False
+                for i, action in self._held.items():
+                    other = self.slots[i]
+                    if other.parked and other.resume is None:
+                        other.resume, other.parked = action, False
+                self.cond.notify_all()
+            self._held = {}
+        self._apply_debug(slot)
+
+    def _hold_others(self, vcpu) -> None:
+        """Park every other running vCPU while ``vcpu`` steps through a trapped page with the page back
+        in (none of them may pass through it unseen)."""
+        with self.cond:
+            if self._gdb_pause:
+                return  # gdb is stopping them all anyway
+            self._held = {s.vcpu.index: "s" if s.stepping else "c" for s in self.slots
+                          if s.vcpu is not vcpu and not s.parked}
+            if not self._held:
+                return
+            self.pause_requested = True
+        self.ctl.kick_all()
+        vcpu.set_immediate_exit(False)  # the kick is for the others
+        with self.cond:
+            while not all(self.slots[i].parked for i in self._held):
+                if self.ctl.stopping or self._closing or self._gdb_pause:
+                    return
+                self.cond.wait(self.POLL_S)
+
+    def _sync_holes(self) -> None:
+        """Make the memory slots' holes match the page-trap breakpoints (minus pages being stepped
+        through).  Caller holds ``self.cond``, with every vCPU that could run there parked."""
+        want: set[int] = set()
+        if self.attached:
+            want = {phys & ~0xFFF for phys, _ in self.page_bps.values()}
+            want -= {s.page_phys for s in self.slots if s.page_step is not None}
+        if want == self.holes:
+            return
+        bus = self.machine.mmio_bus
+        self.machine.vm.set_ram_holes(want)
+        for page in self.holes - want:
+            bus.remove(page)
+        for page in want - self.holes:
+            bus.insert(RamWindow(self.mem, page), page, 0x1000, "gdb page trap")
+        self.holes = want
 
     def park(self, vcpu, event: StopEvent | None) -> None:
         """Hold this vCPU thread outside KVM_RUN until the stub resumes it; meanwhile run the calls
@@ -704,6 +830,8 @@ class GdbStub:
                 control |= abi.KVM_GUESTDBG_SINGLESTEP
                 if self.block_irq_on_step:
                     control |= abi.KVM_GUESTDBG_BLOCKIRQ
+        if slot.page_step is not None:  # through a trapped page, one instruction at a time
+            control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP
         if self.attached and self.soft_watches:  # every instruction, interrupts allowed
             control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP
         if slot.inject:
@@ -715,6 +843,8 @@ class GdbStub:
     def _request_pause(self) -> None:
         with self.cond:
             self.pause_requested = True
+            self._gdb_pause = True
+            self._held = {}  # parked for a page step until now: stopped for gdb from here on
         if not self.ctl.stopping:  # a stopping VM's threads are leaving (or gone): nothing to kick
             self.ctl.kick_all()
 
@@ -730,6 +860,7 @@ class GdbStub:
         self._xlate.clear()
         with self.cond:
             self.pause_requested = False
+            self._gdb_pause = False
             self.events.clear()
             for i, action in actions.items():
                 slot = self.slots[i]
@@ -819,10 +950,17 @@ class GdbStub:
     # --- breakpoints ---
     def insert(self, ztype: int, addr: int, length: int) -> bool:
         kind = _Z_KIND[ztype]
-        if self.int3_unusable and "QEMU TCG" in self.int3_unusable and not self._said_nested:
+        if self.nested_tcg and not self._said_nested:
             self._said_nested = True  # the rig: measured by tests/rig/test_gdb_linux.py
-            self._log("gdb: on a KVM nested under QEMU TCG no breakpoint or watchpoint is reported (TCG "
-                      "applies neither int3 intercepts nor the debug registers to the nested guest): use stepi")
+            self._log("gdb: on a KVM nested under QEMU TCG neither int3 nor the debug registers are reported "
+                      "(TCG applies neither to the nested guest): breakpoints are page traps, watchpoints "
+                      "are single-stepped")
+        if self.page_traps and kind in ("sw", "hw"):
+            phys = self._code_phys(addr)
+            if phys is None:
+                return False
+            self.page_bps[addr] = (phys, kind)
+            return True
         if kind == "sw":
             if any(s is not None and s.kind == "sw" and s.addr == addr for s in self.dregs) or addr in self.sw_bps:
                 return True
@@ -853,10 +991,23 @@ class GdbStub:
                 self._refresh_soft_watches()
             if not self._said_soft_watch:
                 self._said_soft_watch = True
-                self._log("gdb: watchpoints are single-stepped on this KVM (kvm_pvm: data breakpoints do "
-                          "not fire in emulated CPL0 code); the guest runs much slower meanwhile")
+                why = ("nested under QEMU TCG the debug registers are not applied to the guest"
+                       if self.nested_tcg else "kvm_pvm: data breakpoints do not fire in emulated CPL0 code")
+                self._log(f"gdb: watchpoints are single-stepped on this KVM ({why}); the guest runs much "
+                          "slower meanwhile")
             return True
         return self._take_slots(split_watch(addr, length), kind, addr)
+
+    def _code_phys(self, addr: int) -> int | None:
+        """The guest-physical address of code at linear ``addr``: through the vCPU's paging, else (not
+        mapped yet: a kernel symbol at the 32-bit entry) where the kernel's program headers put it."""
+        phys = self._translate(self._g_thread, addr)
+        if phys is not None and self.mem.contains(phys, 1):
+            return phys
+        delta = self.machine.phys_to_virt
+        if delta and addr >= delta and self.mem.contains(addr - delta, 1):
+            return addr - delta
+        return None
 
     def _refresh_soft_watches(self) -> None:
         """Translate and read every soft watchpoint now (at insertion and before each resume)."""
@@ -883,6 +1034,9 @@ class GdbStub:
             before = len(self.soft_watches)
             self.soft_watches = [w for w in self.soft_watches if w[0] != addr]
             return len(self.soft_watches) != before
+        if kind in ("sw", "hw") and addr in self.page_bps and self.page_bps[addr][1] == kind:
+            del self.page_bps[addr]  # the page leaves the holes when the guest next resumes
+            return True
         if kind == "sw" and addr in self.sw_bps:
             phys, orig = self.sw_bps.pop(addr)
             self.mem.write(phys, bytes((orig,)))
@@ -898,6 +1052,7 @@ class GdbStub:
         for addr in list(self.sw_bps):
             self.remove(0, addr, 1)
         self.dregs = [None] * NUM_DEBUG_REGS
+        self.page_bps = {}
         self.soft_watches = []
 
     # --- the connection ---
@@ -954,6 +1109,8 @@ class GdbStub:
             return
         self.remove_all()
         self.attached = False
+        with self.cond:
+            self._sync_holes()  # no trapped page left
         self._resume({i: "c" for i in range(len(self.slots))})
 
     def _session(self, conn: socket.socket) -> None:
@@ -1174,9 +1331,14 @@ class GdbStub:
             text = self._monitor_mode()
         elif words[0] == "mechanisms":
             text = self.mechanisms() + "\n"
-        elif words[0] == "swbreak" and len(words) == 2 and words[1] in ("int3", "hw", "auto"):
-            # how later `break`s are set: int3 in memory, a debug register, or what this KVM supports
-            self.native_sw_bp = {"int3": True, "hw": False, "auto": self.int3_unusable is None}[words[1]]
+        elif words[0] == "swbreak" and len(words) == 2 and words[1] in ("int3", "hw", "pagetrap", "auto"):
+            # how later `break`s are set: int3 in memory, a debug register, a page trap (break and
+            # hbreak), or what this KVM supports
+            if self.page_bps:
+                return b"E10"  # EBUSY-like: change the mechanism while no page-trap breakpoint is set
+            self.native_sw_bp = {"int3": True, "hw": False, "pagetrap": False,
+                                 "auto": self.int3_unusable is None}[words[1]]
+            self.page_traps = words[1] == "pagetrap" or (words[1] == "auto" and self.nested_tcg)
             text = self.mechanisms() + "\n"
         else:
             return b"E16"
@@ -1209,11 +1371,17 @@ class GdbStub:
 
     def mechanisms(self) -> str:
         """What this KVM gives the debugger (also the `monitor mechanisms` text)."""
-        sw = ("int3 (KVM_GUESTDBG_USE_SW_BP)" if self.native_sw_bp
-              else f"debug registers ({self.int3_unusable or 'monitor swbreak hw'})")
+        if self.page_traps:
+            why = self.int3_unusable if self.nested_tcg else "monitor swbreak pagetrap"
+            sw = hw = f"page traps ({why}; memory-slot holes + single-stepping within the page)"
+        else:
+            sw = ("int3 (KVM_GUESTDBG_USE_SW_BP)" if self.native_sw_bp
+                  else f"debug registers ({self.int3_unusable or 'monitor swbreak hw'})")
+            hw = "debug registers"
         watch = ("debug registers" if self.data_breakpoints
-                 else "single-stepping + compare (data breakpoints do not fire on kvm_pvm); write only")
-        return (f"break (Z0): {sw}; hbreak (Z1): debug registers; watch (Z2-Z4): {watch}; "
+                 else "single-stepping + compare (data breakpoints do not fire "
+                      f"{'nested under QEMU TCG' if self.nested_tcg else 'on kvm_pvm'}); write only")
+        return (f"break (Z0): {sw}; hbreak (Z1): {hw}; watch (Z2-Z4): {watch}; "
                 f"stepi: KVM_GUESTDBG_SINGLESTEP{' + BLOCKIRQ' if self.block_irq_on_step else ''}; "
                 f"{NUM_DEBUG_REGS} debug registers shared by hbreak, watch and fallen-back break")
 
@@ -1252,6 +1420,8 @@ class GdbStub:
             return self._reply_stop(pending)
         if self.soft_watches:
             self._refresh_soft_watches()  # gdb may have written memory since
+        with self.cond:
+            self._sync_holes()  # every vCPU is parked
         self._resume(actions)
         interrupted = False
         while True:
