@@ -37,7 +37,8 @@ d = json.load(open(sys.argv[1]))
 cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s")} for c in d["cells"]]
 for c, full in zip(cells, d["cells"]):
     c["fields"] = len(full.get("fingerprint", {}))
-    c["crash_report"] = (full.get("crash_report") or "")[-1500:]
+    report = full.get("crash_report") or ""  # its head names the crash and holds the registers
+    c["crash_report"] = report if len(report) <= 4000 else report[:3000] + "\n[...]\n" + report[-1000:]
     c["console_tail"] = "" if full.get("status") == "ok" else (full.get("console_tail") or "")[-1500:]
 print("COMPARE-JSON " + json.dumps({"name": sys.argv[2], "rc": int(sys.argv[3]), "findings": d["findings"],
                                     "cells": cells, "groups": d["groups"]}))
