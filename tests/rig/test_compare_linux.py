@@ -34,7 +34,8 @@ FAULTS = [
 SUMMARY = r"""
 import json, sys
 d = json.load(open(sys.argv[1]))
-cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s")} for c in d["cells"]]
+cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s", "flaky", "attempts")}
+         for c in d["cells"]]
 for c, full in zip(cells, d["cells"]):
     c["fields"] = len(full.get("fingerprint", {}))
     report = full.get("crash_report") or ""  # its head names the crash and holds the registers
@@ -74,6 +75,10 @@ def runs() -> dict:
         {"rig_wall_s": round(time.monotonic() - start, 1), "runs": out}, indent=1))
     print(f"\ncompare rig run: {time.monotonic() - start:.0f} s; "
           + ", ".join(f"{n}: {[c['wall_s'] for c in d['cells']]}" for n, d in out.items()))
+    for name, d in out.items():  # --retries 1 (the default): a crash that did not repeat, shown here
+        for c in d["cells"]:
+            if c.get("flaky"):
+                print(f"compare {name}: {c['path']} failed once, booted when tried again:\n{c['flaky']}")
     return out
 
 

@@ -36,6 +36,8 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     (["--cpus", "1", "--seed-fault", "madt-cpu-missing:pvh"], "at least 2 vCPUs"),
     (["--json", "/nonexistent/dir/x.json"], "cannot write --json /nonexistent/dir/x.json"),
     (["--json", "/"], "refusing to write --json /: a directory"),
+    (["--retries", "-1"], "invalid --retries -1 (0 to 10)"),
+    (["--retries", "11"], "invalid --retries 11 (0 to 10)"),
     (["/dev/zero"], "kernel"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):

@@ -71,6 +71,9 @@ def add_parser(subparsers):
                    help="per-cell guest time limit (default 30 s for the probe, 120 s for Linux)")
     p.add_argument("--jobs", metavar="N", type=int, default=os.cpu_count() or 1,
                    help="cells booted at once (default: the core count)")
+    p.add_argument("--retries", metavar="N", type=int, default=1,
+                   help="boot a cell that crashed or timed out again, up to N times; one that then "
+                        "boots is reported as flaky, not as a failed path (default 1)")
     p.add_argument("--json", metavar="FILE", dest="json_out", help="write every fingerprint and the diff as JSON")
     p.add_argument("--baseline", metavar="FILE", help="also compare against a saved --json (e.g. the "
                                                       "kernel before a patch): its paths join as baseline:PATH")
@@ -135,6 +138,8 @@ def run(args) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"invalid --jobs {args.jobs} (at least 1)")
+    if not 0 <= args.retries <= 10:
+        raise ConfigError(f"invalid --retries {args.retries} (0 to 10)")
     check_timeout(args.timeout)
     if args.initrd is not None:
         check_regular(args.initrd, "--initrd", INITRD_LIMIT)
@@ -158,7 +163,7 @@ def run(args) -> int:
                 print(f"pvhboot compare: {cell.path} {cell.cpus} vCPU {cell.memory >> 20} MiB: "
                       f"{result.get('status')} ({result.get('wall_s', '?')} s)", file=sys.stderr, flush=True)
 
-        records = run_cells(cells, args.jobs, cluster=args.cluster, progress=progress)
+        records = run_cells(cells, args.jobs, cluster=args.cluster, progress=progress, retries=args.retries)
     from ..compare.diff import compare_records
 
     rules = rules_for(kind)
@@ -174,7 +179,8 @@ def run(args) -> int:
         from ..files import write_output
 
         write_output(args.json_out, [json.dumps(doc, indent=1).encode() + b"\n"], "--json")
-    from ..compare.report import print_report
+    from ..compare.report import print_flaky, print_report
 
     print_report(groups)
+    print_flaky(records)
     return EXIT_FINDINGS if findings else 0

@@ -126,15 +126,40 @@ def record_of(cell: Cell, result: dict) -> dict:
     return rec
 
 
-def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None) -> list[dict]:
-    """Boot ``cells``: ``jobs`` child processes at a time here, or on a Dask cluster (a scheduler
-    address, or a connected distributed.Client)."""
-    if cluster:
-        from .cluster import run_cells_on_cluster
+RETRIED = ("crash", "timeout")  # how a cell may end by chance; "error" and "no fingerprint" repeat
 
-        results = run_cells_on_cluster(cluster, cells, progress=progress)
-    else:
+
+def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None, retries: int = 0) -> list[dict]:
+    """Boot ``cells``: ``jobs`` child processes at a time here, or on a Dask cluster (a scheduler
+    address, or a connected distributed.Client).  A cell that crashed or timed out is booted again,
+    up to ``retries`` times: early boot is deterministic, so a crash that does not repeat is not a
+    difference between entry paths.  Such a cell keeps the first failure's head as ``flaky`` (the
+    report shows it); one that fails every time keeps its first failure and ``attempts``."""
+    def boot(batch: list[Cell]) -> list[dict]:
+        if cluster:
+            from .cluster import run_cells_on_cluster
+
+            return run_cells_on_cluster(cluster, batch, progress=progress)
         from .runner import run_cells as run_local
 
-        results = run_local(cells, jobs, progress=progress)
+        return run_local(batch, jobs, progress=progress)
+
+    results = boot(cells)
+    for attempt in range(2, retries + 2):
+        again = [i for i, r in enumerate(results) if r.get("status") in RETRIED and "flaky" not in r]
+        if not again:
+            break
+        for i, r in zip(again, boot([cells[i] for i in again])):
+            first = results[i]
+            if r.get("status") == "ok":
+                r["flaky"] = failure_head(first)
+                results[i] = r
+            else:
+                first["attempts"] = attempt
     return [record_of(c, r) for c, r in zip(cells, results)]
+
+
+def failure_head(result: dict, lines: int = 4) -> str:
+    """How a failed attempt ended, in a few lines (a crash report's kind and the pc)."""
+    text = result.get("crash_report") or result.get("detail") or result.get("status", "")
+    return "\n".join(text.strip().splitlines()[:lines])

@@ -121,3 +121,19 @@ def print_report(groups: list[Group], console=None, show_reasons: bool = True) -
                 text += "\nlast console lines:\n" + rec["console_tail"]
             console.print(Text(text.rstrip()), soft_wrap=True)  # a crash report keeps its own lines
         console.print()
+
+
+def print_flaky(records: list[dict], console=None) -> None:
+    """Cells that crashed or timed out once and booted when tried again (engine.run_cells)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    flaky = [r for r in records if r.get("flaky")]
+    if not flaky:
+        return
+    console = console or Console()
+    for r in flaky:
+        console.print(Text(f"{r['path']} ({r['cpus']} vCPU, {r['memory'] >> 20} MiB) failed once and booted when "
+                           "tried again: flaky, not a difference between paths. The failed attempt:",
+                           style="yellow"))
+        console.print(Text("  " + r["flaky"].replace("\n", "\n  ")), soft_wrap=True)

@@ -11,8 +11,12 @@ flags bits 0-1 are the version (1); bit 2 marks a reply.
 """
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import stat
 import struct
+import time
 
 VHOST_USER_VERSION = 0x1
 VHOST_USER_REPLY_MASK = 0x4
@@ -37,20 +41,41 @@ _MEM_HEADER = struct.Struct("<II")  # {nregions; padding}
 _MEM_REGION = struct.Struct("<QQQQ")  # {guest_phys_addr; memory_size; userspace_addr; mmap_offset}
 
 
+_NOT_LISTENING_YET = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
+
+
+def _not_a_socket(path: str) -> bool:
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False  # not there yet
+
+
 class VhostUserError(Exception):
     """The back end hung up or answered nonsense."""
 
 
 class VhostUserClient:
+    RETRY_S = 0.01
+
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError as e:
-            self.sock.close()
-            raise VhostUserError(f"cannot connect to the vhost-user socket {path}: {e.strerror}") from None
+        # The back end's socket file appears at its bind() and takes connections from its listen():
+        # in between a connect is refused (seen once in the rig with virtiofsd), so a refused or
+        # missing socket is tried again until ``timeout``.
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(path)
+                return
+            except OSError as e:
+                self.sock.close()
+                if e.errno in _NOT_LISTENING_YET and time.monotonic() < deadline and not _not_a_socket(path):
+                    time.sleep(self.RETRY_S)
+                    continue
+                raise VhostUserError(f"cannot connect to the vhost-user socket {path}: {e.strerror}") from None
 
     def close(self) -> None:
         self.sock.close()

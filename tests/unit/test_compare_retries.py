@@ -1,0 +1,64 @@
+"""compare/engine.py run_cells: a cell that crashed or timed out is booted again (``--retries``); one
+that then boots is flaky, not a failed path, and the report says so (a stand-in for the cell runner)."""
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from pvhboot.compare import engine
+from pvhboot.compare.cells import Cell
+from pvhboot.compare.report import print_flaky
+
+TRIPLE = "pvhboot: guest stopped: triple fault on vCPU 0: KVM_EXIT_SHUTDOWN\nvCPU 0:\n  RIP=0xfff0\nmore\nmore"
+
+
+def cells(*paths: str) -> list[Cell]:
+    return [Cell(path=p, protocol="pvh", cpus=2, memory=256 << 20, kernel="k", cmdline="", collector="linux",
+                 timeout=60) for p in paths]
+
+
+def fake_runner(monkeypatch, script: dict[str, list[dict]]):
+    """Each path's results, attempt after attempt; records how often each path was booted."""
+    booted: dict[str, int] = {}
+
+    def run_local(batch, jobs, progress=None):
+        out = []
+        for c in batch:
+            n = booted.get(c.path, 0)
+            booted[c.path] = n + 1
+            out.append(dict(script[c.path][min(n, len(script[c.path]) - 1)]))
+        return out
+    monkeypatch.setattr("pvhboot.compare.runner.run_cells", run_local)
+    return booted
+
+
+OK = {"status": "ok", "fingerprint": {"a": "1"}}
+CRASH = {"status": "crash", "crash_report": TRIPLE}
+
+
+def test_a_crash_that_does_not_repeat_is_flaky(monkeypatch):
+    booted = fake_runner(monkeypatch, {"pvh": [OK], "linux64": [CRASH, OK]})
+    recs = engine.run_cells(cells("pvh", "linux64"), jobs=1, retries=1)
+    assert booted == {"pvh": 1, "linux64": 2}  # only the crashed cell again
+    assert recs[0]["status"] == "ok" and "flaky" not in recs[0]
+    assert recs[1]["status"] == "ok" and recs[1]["flaky"] == "\n".join(TRIPLE.splitlines()[:4])
+    out = io.StringIO()
+    print_flaky(recs, Console(file=out, width=200))
+    assert "linux64 (2 vCPU, 256 MiB) failed once and booted when tried again" in out.getvalue()
+    assert "triple fault on vCPU 0" in out.getvalue()
+
+
+def test_a_crash_every_time_stays_a_failure_with_its_attempts(monkeypatch):
+    booted = fake_runner(monkeypatch, {"linux64": [CRASH]})
+    recs = engine.run_cells(cells("linux64"), jobs=1, retries=2)
+    assert booted == {"linux64": 3}
+    assert recs[0]["status"] == "crash" and recs[0]["attempts"] == 3 and "flaky" not in recs[0]
+
+
+def test_deterministic_failures_and_no_retries_are_not_booted_again(monkeypatch):
+    booted = fake_runner(monkeypatch, {"a": [{"status": "error", "detail": "bad"}],
+                                       "b": [{"status": "no fingerprint"}], "c": [CRASH, OK]})
+    recs = engine.run_cells(cells("a", "b", "c"), jobs=1, retries=0)
+    assert booted == {"a": 1, "b": 1, "c": 1}
+    assert [r["status"] for r in recs] == ["error", "no fingerprint", "crash"]
