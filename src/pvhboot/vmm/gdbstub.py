@@ -357,6 +357,7 @@ DR7_GE_LE = 0x600  # GE|LE ("exact" data breakpoints; KVM and QEMU set them)
 _DR7_RW = {"exec": 0b00, "watch": 0b01, "rwatch": 0b11, "awatch": 0b11}  # no read-only kind on x86
 _DR7_LEN = {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}
 _Z_KIND = {0: "sw", 1: "hw", 2: "watch", 3: "rwatch", 4: "awatch"}
+_BREAK_REASON = {"sw": "swbreak", "hw": "hwbreak"}  # the stop reply's name for a Z0 / Z1 hit
 
 
 class DebugSlot:
@@ -652,10 +653,8 @@ class GdbStub:
             return None
         for i, s in enumerate(self.dregs):
             if s is not None and record.dr6 & (1 << i):
-                if s.kind == "sw":
-                    return StopEvent(index, reason="swbreak")
-                if s.kind == "hw":
-                    return StopEvent(index, reason="hwbreak")
+                if s.kind in _BREAK_REASON:
+                    return StopEvent(index, reason=_BREAK_REASON[s.kind])
                 return StopEvent(index, reason=s.kind, addr=s.report_addr)
         if self.soft_watches and self.attached:
             hit = self._soft_watch_hit(slot.vcpu)
@@ -702,7 +701,7 @@ class GdbStub:
         bp = self.page_bps.get(rip)
         if bp is not None and not slot.stepping:
             self._request_pause()
-            self.park(vcpu, StopEvent(vcpu.index, reason="swbreak" if bp[1] == "sw" else "hwbreak"))
+            self.park(vcpu, StopEvent(vcpu.index, reason=_BREAK_REASON[bp[1]]))
             return not self.ctl.stopping
         self._hold_others(vcpu)
         with self.cond:
@@ -718,7 +717,7 @@ class GdbStub:
             self._end_page_step(slot, release=False)
             if slot.stepping or bp is None:
                 return StopEvent(slot.vcpu.index)
-            return StopEvent(slot.vcpu.index, reason="swbreak" if bp[1] == "sw" else "hwbreak")
+            return StopEvent(slot.vcpu.index, reason=_BREAK_REASON[bp[1]])
         if pc & ~0xFFF != slot.page_step:  # left the page: trap it again, let the others run
             self._end_page_step(slot, release=True)
         return _RUN_ON
