@@ -3,8 +3,13 @@ kvm_amd): boots the real Debian cloud kernel with pvhboot once per case and prin
 ``INNER-RESULT {json}`` per case for the host-side tests (tests/rig/test_real_linux.py).
 
 Usage: python3 inner_checks.py CASES.json  — a list of {"name", "argv", "input_after",
-"input", "pty", "timeout", "marks"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When "input_after" is
-seen on the guest's output, "input" is written to pvhboot's stdin (the 16550's receive side).
+"input", "pty", "timeout", "marks", "retries"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When
+"input_after" is seen on the guest's output, "input" is written to pvhboot's stdin (the 16550's receive side).
+
+"retries": N boots a case again, up to N times, when it stopped with a triple fault before its first mark (the
+rare early triple fault of a Linux guest seen only in this nested rig, about 1 inner boot in 150; README,
+"Known limits").  A case that then passes carries "flaky": the first attempt's report head, and the host-side
+test prints it, as `pvhboot compare --retries` does for its cells.  Cases that expect a crash keep 0.
 """
 from __future__ import annotations
 
@@ -73,17 +78,39 @@ def run_case(case: dict) -> dict:
             "stderr": out["stderr"].decode(errors="replace")}
 
 
+def early_triple_fault(case: dict, result: dict) -> bool:
+    """Stopped by a triple fault before the guest printed its first mark (user space never ran)."""
+    first_mark = (case.get("marks") or [None])[0]
+    return (result["rc"] != 0 and "triple fault" in result["stderr"]
+            and first_mark is not None and first_mark not in result["marks"])
+
+
+def run_with_retries(case: dict) -> dict:
+    first = None
+    for attempt in range(1 + case.get("retries", 0)):
+        try:
+            result = run_case(case)
+        except Exception as e:  # report it as this case's result; the others still run
+            return {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
+                    "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
+        result["attempts"] = attempt + 1
+        if not early_triple_fault(case, result):
+            break
+        first = first or result
+    if first is not None and not early_triple_fault(case, result):
+        err = first["stderr"]  # the head names the fault; the tail holds the console's last lines
+        err = err if len(err) <= 3000 else err[:1500] + "\n[...]\n" + err[-1500:]
+        result["flaky"] = f"attempt 1 (wall {first['wall']} s):\n{err}"
+    return result
+
+
 def main() -> int:
     with open(sys.argv[1]) as f:
         cases = json.load(f)
     for case in cases:
         for step in case.get("before", []):
             subprocess.run(step, check=False)
-        try:
-            result = run_case(case)
-        except Exception as e:  # report it as this case's result; the others still run
-            result = {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
-                      "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
+        result = run_with_retries(case)
         print("INNER-RESULT " + json.dumps(result), flush=True)
         print(f"INNER-DONE {case['name']} rc={result['rc']} wall={result['wall']}", flush=True)
     return 0

@@ -75,7 +75,7 @@ def check_cpio(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def inner(bzimage, check_cpio) -> dict:
-    cases = [{"name": name, "timeout": 150, "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"],
+    cases = [{"name": name, "timeout": 150, "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"], "retries": 1,
               "argv": ["pvhboot", "boot", "/tmp/vmlinux-6.12", "--protocol", "pvh", "--initrd",
                        "/rig/work/check.cpio", "--cmdline", CMDLINE, "--memory", f"{MEMORY >> 20}M",
                        "--cpus", str(cpus), "--timeout", "90", *opts]}

@@ -1,0 +1,52 @@
+"""The rig's inner harness (tests/rig/inner_checks.py) boots a case again only for an early triple
+fault, and says so: stand-in cases here are small Python programs that print what pvhboot would."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "inner_checks", Path(__file__).resolve().parents[1] / "rig" / "inner_checks.py")
+inner_checks = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(inner_checks)
+
+FAULT = "pvhboot: guest stopped: triple fault on vCPU 0: KVM_EXIT_SHUTDOWN"
+
+
+def _case(tmp_path, outcomes: list[str], retries: int) -> dict:
+    """A case whose Nth run behaves as outcomes[N]: 'fault' (early triple fault), 'late' (triple
+    fault after the first mark), 'other' (another early failure) or 'ok'."""
+    counter = tmp_path / "n"
+    counter.write_text("0")
+    prog = f"""
+import sys
+from pathlib import Path
+p = Path({str(counter)!r}); n = int(p.read_text()); p.write_text(str(n + 1))
+kind = {outcomes!r}[min(n, {len(outcomes) - 1})]
+if kind == "ok":
+    print("MARK-UP"); print("MARK-EXIT"); sys.exit(0)
+if kind == "late":
+    print("MARK-UP")
+print({FAULT!r} if kind in ("fault", "late") else "pvhboot: error: something else", file=sys.stderr)
+sys.exit(1)
+"""
+    return {"name": "c", "argv": [sys.executable, "-c", prog], "timeout": 30,
+            "marks": ["MARK-UP", "MARK-EXIT"], "retries": retries}
+
+
+@pytest.mark.parametrize("outcomes,retries,rc,attempts,flaky", [
+    (["ok"], 1, 0, 1, False),
+    (["fault", "ok"], 1, 0, 2, True),        # booted when tried again: passes, and says so
+    (["fault", "fault"], 1, 1, 2, False),    # twice: the fault stands
+    (["fault", "ok"], 0, 1, 1, False),       # a case that expects crashes is never retried
+    (["late", "ok"], 1, 1, 1, False),        # after user space ran: not the early fault
+    (["other", "ok"], 1, 1, 1, False),       # another failure: not retried
+])
+def test_only_an_early_triple_fault_is_retried(tmp_path, outcomes, retries, rc, attempts, flaky):
+    result = inner_checks.run_with_retries(_case(tmp_path, outcomes, retries))
+    assert (result["rc"], result["attempts"], "flaky" in result) == (rc, attempts, flaky), result
+    if flaky:
+        assert result["flaky"].startswith("attempt 1 (wall ") and "triple fault on vCPU 0" in result["flaky"]
