@@ -67,7 +67,8 @@ def _boot(name, kernel, protocol, cpus, cmdline, initrd="/rig/work/check.cpio", 
     argv = ["pvhboot", "boot", kernel, "--initrd", initrd, "--cmdline", cmdline,
             "--memory", f"{MEMORY >> 20}M", "--cpus", str(cpus), "--protocol", protocol,
             "--timeout", str(timeout), "--events-json", f"/tmp/{name}.json"]
-    # retries: an early triple fault boots the case once more (inner_checks.py; the case is then flaky)
+    # retries: a triple fault or timeout before user space boots the case once more (inner_checks.py;
+    # a case that then passes is flaky)
     return {"name": name, "argv": argv, "timeout": timeout + 60, "retries": retries,
             "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"], **extra}
 
@@ -153,7 +154,7 @@ def inner():
 def _case(inner, name) -> dict:
     r = inner[name]
     if r.get("flaky"):  # shown in pytest's warnings summary, also under -q, pass or fail
-        warnings.warn(f"rig case {name}: an early triple fault, booted when tried again "
+        warnings.warn(f"rig case {name}: stopped before user space, booted when tried again "
                       f"(attempts {r['attempts']}):\n{r['flaky']}", stacklevel=2)
     return r
 

@@ -1,5 +1,6 @@
-"""The rig's inner harness (tests/rig/inner_checks.py) boots a case again only for an early triple
-fault, and says so: stand-in cases here are small Python programs that print what pvhboot would."""
+"""The rig's inner harness (tests/rig/inner_checks.py) boots a case again only when the guest
+triple-faulted or timed out before user space, and says so: stand-in cases here are small Python
+programs that print what pvhboot would (the report heads come from pvhboot's own crash formatter)."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,12 +14,24 @@ _SPEC = importlib.util.spec_from_file_location(
 inner_checks = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(inner_checks)
 
-FAULT = "pvhboot: guest stopped: triple fault on vCPU 0: KVM_EXIT_SHUTDOWN"
+from pvhboot.vmm.crash import CrashInfo, format_crash_report  # noqa: E402
+
+
+def _head(kind: str, detail: str) -> str:
+    return format_crash_report(CrashInfo(kind=kind, vcpu=0, detail=detail)).splitlines()[0]
+
+
+HEADS = {"fault": _head("triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)"),
+         "late": _head("triple fault", "KVM_EXIT_SHUTDOWN (the guest triple-faulted)"),
+         "timeout": _head("timeout", "wall-clock limit of 90 s reached; vCPUs stopped"),
+         "vmm": _head("vmm error", "RuntimeError in a device"),
+         "other": "pvhboot: error: something else"}
 
 
 def _case(tmp_path, outcomes: list[str], retries: int) -> dict:
-    """A case whose Nth run behaves as outcomes[N]: 'fault' (early triple fault), 'late' (triple
-    fault after the first mark), 'other' (another early failure) or 'ok'."""
+    """A case whose Nth run behaves as outcomes[N]: 'fault' (early triple fault), 'timeout' (early
+    timeout), 'late' (triple fault after the first mark), 'vmm' (a VMM error), 'other' (an error
+    line) or 'ok'."""
     counter = tmp_path / "n"
     counter.write_text("0")
     prog = f"""
@@ -30,7 +43,7 @@ if kind == "ok":
     print("MARK-UP"); print("MARK-EXIT"); sys.exit(0)
 if kind == "late":
     print("MARK-UP")
-print({FAULT!r} if kind in ("fault", "late") else "pvhboot: error: something else", file=sys.stderr)
+print({HEADS!r}[kind], file=sys.stderr)
 sys.exit(1)
 """
     return {"name": "c", "argv": [sys.executable, "-c", prog], "timeout": 30,
@@ -40,13 +53,16 @@ sys.exit(1)
 @pytest.mark.parametrize("outcomes,retries,rc,attempts,flaky", [
     (["ok"], 1, 0, 1, False),
     (["fault", "ok"], 1, 0, 2, True),        # booted when tried again: passes, and says so
+    (["timeout", "ok"], 1, 0, 2, True),
+    (["timeout", "fault", "ok"], 2, 0, 3, True),
     (["fault", "fault"], 1, 1, 2, False),    # twice: the fault stands
     (["fault", "ok"], 0, 1, 1, False),       # a case that expects crashes is never retried
     (["late", "ok"], 1, 1, 1, False),        # after user space ran: not the early fault
+    (["vmm", "ok"], 1, 1, 1, False),         # a VMM bug: never retried
     (["other", "ok"], 1, 1, 1, False),       # another failure: not retried
 ])
 def test_only_an_early_triple_fault_is_retried(tmp_path, outcomes, retries, rc, attempts, flaky):
     result = inner_checks.run_with_retries(_case(tmp_path, outcomes, retries))
     assert (result["rc"], result["attempts"], "flaky" in result) == (rc, attempts, flaky), result
     if flaky:
-        assert result["flaky"].startswith("attempt 1 (wall ") and "triple fault on vCPU 0" in result["flaky"]
+        assert result["flaky"].startswith("attempt 1 (wall ") and HEADS[outcomes[0]] in result["flaky"]
