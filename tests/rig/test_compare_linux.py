@@ -15,12 +15,13 @@ import json
 import time
 
 import pytest
+from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
 
-from pvhboot.rig import RigError, run_in_rig
 from pvhboot.rig.build import CACHE_DIR
 from pvhboot.rig.launch import CONSOLE_LOG
 
-pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
+RIG_TIMEOUT_S = 480
+pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 KERNEL = "/rig/guest/vmlinuz"
 COMMON = "--cpus 2 --memory 256M --jobs 1 --timeout 60 --quiet"
@@ -60,10 +61,7 @@ def _script() -> str:
 @pytest.fixture(scope="module")
 def runs() -> dict:
     start = time.monotonic()
-    try:
-        res = run_in_rig(_script(), timeout=480, files={"rig/work/summary.py": SUMMARY.encode()})
-    except RigError as e:
-        pytest.fail(f"the rig did not run the comparisons: {e}\n(whole console: {CONSOLE_LOG})")
+    res = run_or_fail(_script(), timeout=RIG_TIMEOUT_S, files={"rig/work/summary.py": SUMMARY.encode()})
     out = {}
     for line in res.output.splitlines():
         at = line.find("COMPARE-JSON ")

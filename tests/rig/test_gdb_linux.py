@@ -36,11 +36,12 @@ import time
 from pathlib import Path
 
 import pytest
+from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
 
 from pvhboot.commands.run import write_run_initramfs
-from pvhboot.rig import RigError, run_in_rig
 
-pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
+RIG_TIMEOUT_S = 900
+pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 ROOT = Path(__file__).resolve().parents[2]
 GDB_MINIMAL = ROOT / ".cache" / "gdb-minimal" / "usr" / "bin" / "gdb"
@@ -192,10 +193,7 @@ def gdb_linux(debian_vmlinux) -> dict:
               "ip link set lo up 2>/dev/null || busybox ip link set lo up || ifconfig lo 127.0.0.1 up\n"
               "python3 /rig/work/gdb-inner.py\n")
     start = time.monotonic()
-    try:
-        res = run_in_rig(script, timeout=900, files=files)
-    except RigError as e:
-        pytest.fail(f"the rig did not run: {e}")
+    res = run_or_fail(script, timeout=RIG_TIMEOUT_S, files=files)
     line = next((ln for ln in res.output.splitlines() if ln.startswith("INNER-GDB ")), None)
     assert line, f"no result from inside the rig (rc={res.rc}):\n{res.output[-4000:]}"
     result = json.loads(line[len("INNER-GDB "):])

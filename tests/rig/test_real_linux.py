@@ -22,18 +22,17 @@ import warnings
 from pathlib import Path
 
 import pytest
+from rigrun import time_limit, warn_if_booted_again  # tests/rig/ is on sys.path
 
 from pvhboot.commands.run import write_run_initramfs
 from pvhboot.rig import RigError, run_in_rig
 from pvhboot.rig.build import CACHE_DIR
-from pvhboot.rig.launch import ATTEMPTS, CONSOLE_LOG
+from pvhboot.rig.launch import CONSOLE_LOG
 
-# A group's rig may be booted up to ATTEMPTS times (a stalled outer guest is started again), each
-# boot bounded by RIG_TIMEOUT_S: pytest's own limit sits above all of them, so a hang ends in the
-# rig's diagnosis.
+# Each outer boot of a group's rig is bounded by RIG_TIMEOUT_S; pytest's limit (rigrun.time_limit)
+# sits above every boot run_in_rig may take, so a hang ends in the rig's diagnosis.
 RIG_TIMEOUT_S = 300
-pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"),
-              pytest.mark.timeout(ATTEMPTS * RIG_TIMEOUT_S + 120)]
+pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 HERE = Path(__file__).resolve().parent
 MEMORY = 128 << 20
@@ -114,6 +113,7 @@ def _run_group(group: str) -> dict:
         res = run_in_rig(script, timeout=RIG_TIMEOUT_S, files=files)
     except RigError as e:
         return {"__error__": f"the rig did not run group {group!r}: {e}\n(whole console: {CONSOLE_LOG})"}
+    warn_if_booted_again(res)
     results = {}
     for line in res.output.splitlines():
         if line.startswith("INNER-RESULT "):

@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
+from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
 
 # The inner results are read as the real-Linux tests read theirs (tests/rig/ is on sys.path).
 from test_real_linux import _case, _describe, _value  # noqa: E402
 
 from pvhboot.commands.run import write_run_initramfs
-from pvhboot.rig import RigError, run_in_rig
 from pvhboot.rig.build import CACHE_DIR, REPO_ROOT
-from pvhboot.rig.launch import CONSOLE_LOG
 
-pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
+RIG_TIMEOUT_S = 420
+pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 HERE = Path(__file__).resolve().parent
 KERNEL_DIR = REPO_ROOT / ".cache" / "debian-kernel-6.12" / "current" / "boot"
@@ -90,10 +90,7 @@ def inner(bzimage, check_cpio) -> dict:
               "pvhboot extract /rig/work/vmlinuz-6.12 -o /tmp/vmlinux-6.12 || exit 91\n"
               "python3 /rig/work/inner_checks.py /rig/work/cases.json\n")
     start = time.monotonic()
-    try:
-        res = run_in_rig(script, timeout=420, files=files)
-    except RigError as e:
-        pytest.fail(f"the rig did not run the inner boots: {e}\n(whole console: {CONSOLE_LOG})")
+    res = run_or_fail(script, timeout=RIG_TIMEOUT_S, files=files)
     results = {"_output": res.output}
     for line in res.output.splitlines():
         if line.startswith("INNER-RESULT "):

@@ -12,11 +12,10 @@ import shutil
 import subprocess
 
 import pytest
+from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
 
-from pvhboot.rig import RigError, run_in_rig
-from pvhboot.rig.launch import CONSOLE_LOG
-
-pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
+RIG_TIMEOUT_S = 400
+pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 RUN = "pvhboot run --memory 256M --timeout 90"
 SCRIPT = r"""
@@ -60,10 +59,7 @@ sed 's/^/DIES-ERR /' /tmp/dies.err
 
 @pytest.fixture(scope="module")
 def rig_output() -> str:
-    try:
-        res = run_in_rig(SCRIPT, timeout=400)
-    except RigError as e:
-        pytest.fail(f"the rig did not run: {e}\n(whole console: {CONSOLE_LOG})")
+    res = run_or_fail(SCRIPT, timeout=RIG_TIMEOUT_S)
     assert res.rc == 0, res.output[-3000:]
     return res.output
 

@@ -40,6 +40,24 @@ def test_a_panic_before_ready_is_diagnosed_not_retried():
     assert "outer kernel panicked" in str(e.value)
 
 
+def test_a_panic_while_the_command_runs_is_the_rigs_failure():
+    # After RIG-BEGIN a panic (not out of memory) is the outer kernel's failure: run_in_rig boots again.
+    with pytest.raises(launch.RigOuterPanic) as e:
+        launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo inner-boot; "
+                               "echo '[ 108.2] Kernel panic - not syncing: corrupted stack end detected inside "
+                               "scheduler'"), timeout=60, echo=None, ready_timeout=10)
+    assert "outer kernel panicked: [ 108.2] Kernel panic" in str(e.value) and "inner-boot" in str(e.value)
+
+
+def test_out_of_memory_while_the_command_runs_is_not_retried():
+    with pytest.raises(launch.RigError) as e:
+        launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo 'Out of memory: Killed process 99'; "
+                               "echo 'Kernel panic - not syncing: System is deadlocked on memory'"),
+                         timeout=60, echo=None, ready_timeout=10)
+    assert not isinstance(e.value, (launch.RigOuterPanic, launch.RigStalled, launch.RigNotReady))
+    assert "ran out of memory" in str(e.value)
+
+
 def test_timeout_after_ready_says_where():
     with pytest.raises(launch.RigError) as e:
         launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo last-words; exec sleep 30"), timeout=1,
@@ -83,14 +101,27 @@ def test_run_in_rig_boots_again_after_a_stall(monkeypatch, tmp_path):
             raise launch.RigStalled("rig stalled: test", "")
         return launch.RigResult(rc=0, output="ok\n", wall_time=1.0)
 
-    monkeypatch.setattr(launch, "_run_qemu", fake_run)
-    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
-    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
-    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    _stand_in_for_qemu(monkeypatch, tmp_path, fake_run)
     res = launch.run_in_rig("true", timeout=30)
     assert (res.rc, res.attempts, len(calls)) == (0, 2, 2)
     assert "-smp" in calls[0] and calls[0][calls[0].index("-smp") + 1] == str(launch.OUTER_CPUS)
     assert launch.CONSOLE_LOG.with_name("last-console-attempt1.log").read_text() == "stalled console\n"
+
+
+def test_run_in_rig_boots_again_after_an_outer_panic(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(*args):
+        calls.append(args)
+        launch.CONSOLE_LOG.write_text(f"console {len(calls)}\n")
+        if len(calls) == 1:
+            raise launch.RigOuterPanic("outer kernel panicked: test", "")
+        return launch.RigResult(rc=0, output="ok\n", wall_time=1.0)
+
+    _stand_in_for_qemu(monkeypatch, tmp_path, fake_run)
+    res = launch.run_in_rig("true", timeout=30)
+    assert (res.rc, res.attempts) == (0, 2)
+    assert launch.CONSOLE_LOG.with_name("last-console-attempt1.log").read_text() == "console 1\n"
 
 
 def test_run_in_rig_gives_up_after_its_attempts(monkeypatch, tmp_path):
@@ -98,10 +129,7 @@ def test_run_in_rig_gives_up_after_its_attempts(monkeypatch, tmp_path):
         launch.CONSOLE_LOG.write_text("")
         raise launch.RigStalled("rig stalled: again", "")
 
-    monkeypatch.setattr(launch, "_run_qemu", always_stalls)
-    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
-    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
-    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    _stand_in_for_qemu(monkeypatch, tmp_path, always_stalls)
     with pytest.raises(launch.RigStalled):
         launch.run_in_rig("true", timeout=30, attempts=2)
     assert launch.FAILED_CONSOLE_LOG.exists()  # kept for .ci/run, whatever later rig runs write
@@ -112,13 +140,18 @@ def test_a_failed_run_keeps_its_console(monkeypatch, tmp_path):
         launch.CONSOLE_LOG.write_text("the failed run's console\n")
         raise launch.RigError("rig failed to come up: test")
 
-    monkeypatch.setattr(launch, "_run_qemu", fails)
-    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
-    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
-    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
+    _stand_in_for_qemu(monkeypatch, tmp_path, fails)
     with pytest.raises(launch.RigError):
         launch.run_in_rig("true", timeout=30)
     assert launch.FAILED_CONSOLE_LOG.read_text() == "the failed run's console\n"
+
+
+def _stand_in_for_qemu(monkeypatch, tmp_path, run_qemu) -> None:
+    """run_in_rig with ``run_qemu`` for each outer boot, an empty rig archive and no QEMU needed."""
+    monkeypatch.setattr(launch, "_run_qemu", run_qemu)
+    monkeypatch.setattr(launch, "build_rig", lambda rebuild=False: _empty(tmp_path))
+    monkeypatch.setattr(launch, "outer_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/" + name)
 
 
 def _empty(tmp_path):

@@ -1,0 +1,33 @@
+"""How a rig test runs its script in the nested rig: one call that fails the test with the rig's own
+diagnosis, says when the rig needed more than one outer boot, and a pytest time limit that lets every
+outer boot run_in_rig may take end in that diagnosis rather than in pytest-timeout's traceback."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from pvhboot.rig import RigError, RigResult, run_in_rig
+from pvhboot.rig.launch import ATTEMPTS, CONSOLE_LOG
+
+
+def time_limit(rig_timeout: float):
+    """pytest's limit for a test whose fixture runs the rig once with ``rig_timeout`` per outer boot."""
+    return pytest.mark.timeout(ATTEMPTS * rig_timeout + 120)
+
+
+def warn_if_booted_again(res: RigResult) -> None:
+    """An outer boot that stalled, never came up or panicked is retried by run_in_rig; the run still
+    passes, and pytest's warnings summary (shown under -q too) says it happened."""
+    if res.attempts > 1:
+        warnings.warn(f"the rig took {res.attempts} outer boots: an earlier one stalled, never came up or "
+                      f"panicked (its console: {CONSOLE_LOG.parent}/last-console-attempt*.log)", stacklevel=2)
+
+
+def run_or_fail(script: str, timeout: float, files: dict[str, bytes] | None = None) -> RigResult:
+    try:
+        res = run_in_rig(script, timeout=timeout, files=files)
+    except RigError as e:
+        pytest.fail(f"the rig did not run: {e}\n(whole console: {CONSOLE_LOG})")
+    warn_if_booted_again(res)
+    return res
