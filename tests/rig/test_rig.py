@@ -29,6 +29,16 @@ def test_rig_passes_files_and_argv():
     assert res.output == "[a b]\n[c]\n"
 
 
+@pytest.fixture
+def _keep_the_real_failed_console(monkeypatch, tmp_path):
+    """These tests make the rig fail on purpose: their consoles must not replace the one .ci/run
+    shows for a real failure earlier in the run (launch.FAILED_CONSOLE_LOG)."""
+    from pvhboot.rig import launch
+
+    monkeypatch.setattr(launch, "FAILED_CONSOLE_LOG", tmp_path / "last-console-failed.log")
+
+
+@pytest.mark.usefixtures("_keep_the_real_failed_console")
 def test_rig_out_of_memory_is_reported():
     # The rig archive (~120 MB) does not fit in 96 MiB: QEMU refuses the initrd.  (In 160-200 MiB
     # the kernel either panics "System is deadlocked on memory" or stalls: not a stable test.)
@@ -36,6 +46,7 @@ def test_rig_out_of_memory_is_reported():
         run_in_rig("true", timeout=120, memory="96M")
 
 
+@pytest.mark.usefixtures("_keep_the_real_failed_console")
 def test_rig_timeout_says_where_with_last_lines():
     with pytest.raises(RigError) as e:
         run_in_rig("echo last-words-before-hang; sleep 600", timeout=20)
@@ -44,6 +55,7 @@ def test_rig_timeout_says_where_with_last_lines():
     assert "last-words-before-hang" in msg
 
 
+@pytest.mark.usefixtures("_keep_the_real_failed_console")
 def test_a_silent_outer_guest_is_reported_as_a_stall_with_its_registers():
     # Silence the outer guest's watchdog, then say nothing: the host must call it a stall well
     # before the timeout, with QEMU's view of the outer vCPUs, and (attempts=1) not boot it again.

@@ -42,11 +42,26 @@ def test_a_panic_before_ready_is_diagnosed_not_retried():
 
 def test_a_panic_while_the_command_runs_is_the_rigs_failure():
     # After RIG-BEGIN a panic (not out of memory) is the outer kernel's failure: run_in_rig boots again.
-    with pytest.raises(launch.RigOuterPanic) as e:
+    with pytest.raises(launch.RigOuterCrash) as e:
         launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo inner-boot; "
                                "echo '[ 108.2] Kernel panic - not syncing: corrupted stack end detected inside "
                                "scheduler'"), timeout=60, echo=None, ready_timeout=10)
     assert "outer kernel panicked: [ 108.2] Kernel panic" in str(e.value) and "inner-boot" in str(e.value)
+
+
+@pytest.mark.parametrize("reset_log_text,retried", [("CPU Reset (CPU 0)\nTriple fault\n", True),
+                                                    ("CPU Reset (CPU 0)\n", False), (None, False)])
+def test_an_outer_triple_fault_while_the_command_runs_is_the_rigs_failure(tmp_path, reset_log_text, retried):
+    # QEMU exits on the guest reset (-no-reboot) with nothing on the console; its -d cpu_reset log
+    # says whether the outer guest triple-faulted.  Without that word it stays a plain RigError.
+    reset_log = tmp_path / "qemu-reset.log"
+    if reset_log_text is not None:
+        reset_log.write_text(reset_log_text)
+    with pytest.raises(launch.RigError) as e:
+        launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo inner-boot"), timeout=60, echo=None,
+                         ready_timeout=10, reset_log=reset_log)
+    assert isinstance(e.value, launch.RigOuterCrash) == retried
+    assert ("the outer guest triple-faulted" in str(e.value)) == retried and "inner-boot" in str(e.value)
 
 
 def test_out_of_memory_while_the_command_runs_is_not_retried():
@@ -54,7 +69,7 @@ def test_out_of_memory_while_the_command_runs_is_not_retried():
         launch._run_qemu(_fake("echo RIG-READY; echo RIG-BEGIN; echo 'Out of memory: Killed process 99'; "
                                "echo 'Kernel panic - not syncing: System is deadlocked on memory'"),
                          timeout=60, echo=None, ready_timeout=10)
-    assert not isinstance(e.value, (launch.RigOuterPanic, launch.RigStalled, launch.RigNotReady))
+    assert not isinstance(e.value, (launch.RigOuterCrash, launch.RigStalled, launch.RigNotReady))
     assert "ran out of memory" in str(e.value)
 
 
@@ -94,8 +109,10 @@ def test_run_in_rig_boots_again_after_a_stall(monkeypatch, tmp_path):
     # The first outer boot stalls, the second finishes: the result says it took two.
     calls = []
 
-    def fake_run(argv, timeout, echo, ready_timeout, stall_timeout, qmp):
+    def fake_run(argv, timeout, echo, ready_timeout, stall_timeout, qmp, reset_log):
         calls.append(argv)
+        # the outer guest's resets are logged where _run_qemu looks for "Triple fault"
+        assert argv[argv.index("-d") + 1] == "cpu_reset" and argv[argv.index("-D") + 1] == str(reset_log)
         if len(calls) == 1:
             launch.CONSOLE_LOG.write_text("stalled console\n")
             raise launch.RigStalled("rig stalled: test", "")
@@ -115,7 +132,7 @@ def test_run_in_rig_boots_again_after_an_outer_panic(monkeypatch, tmp_path):
         calls.append(args)
         launch.CONSOLE_LOG.write_text(f"console {len(calls)}\n")
         if len(calls) == 1:
-            raise launch.RigOuterPanic("outer kernel panicked: test", "")
+            raise launch.RigOuterCrash("outer kernel panicked: test", "")
         return launch.RigResult(rc=0, output="ok\n", wall_time=1.0)
 
     _stand_in_for_qemu(monkeypatch, tmp_path, fake_run)

@@ -102,12 +102,13 @@ class RigStalled(RigError):
     (run_in_rig starts it again).  The message carries QEMU's view of the outer vCPUs."""
 
 
-class RigOuterPanic(RigError):
-    """The outer kernel panicked (not out of memory) while the command ran (run_in_rig starts it
-    again).  Seen once in ~40 rig-tier runs: "corrupted stack end detected inside scheduler" during
-    a compare run of 2-vCPU inner boots.  A user-space command cannot corrupt the outer kernel's
-    stack: like a lockup, it is the rig's failure (KVM nested under QEMU TCG), not the command's.
-    A panic before the command began (a bad outer kernel or command line) is not retried."""
+class RigOuterCrash(RigError):
+    """The outer kernel panicked (not out of memory), or the outer guest triple-faulted, while the
+    command ran (run_in_rig starts it again).  Each seen once in ~45 rig-tier runs, during compare
+    runs of 2-vCPU inner boots: "corrupted stack end detected inside scheduler", and QEMU exiting
+    on a guest reset with no panic printed.  A user-space command can do neither to the outer
+    kernel: like a lockup, it is the rig's failure (KVM nested under QEMU TCG), not the command's.
+    A crash before the command began (a bad outer kernel or command line) is not retried."""
 
 
 @dataclass
@@ -118,7 +119,7 @@ class RigResult:
     ready_time: float | None = None  # seconds from QEMU start to RIG-READY (kvm_amd loaded)
     console: str = ""  # the whole console, kernel messages included
     stages: dict[str, float] = field(default_factory=dict)
-    attempts: int = 1  # outer boots it took (> 1: an earlier one never came up, stalled or panicked)
+    attempts: int = 1  # outer boots it took (> 1: an earlier one never came up, stalled or crashed)
 
 
 _PANICKED = "outer kernel panicked"
@@ -162,8 +163,8 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
     ``timeout`` bounds one outer boot.  Raises :class:`RigError` when the rig does not come up or
     the command does not finish.  An outer guest that shows no sign of life (no RIG-READY, no
     failure, no panic) within ``ready_timeout`` seconds, or whose console goes silent for
-    ``stall_timeout`` seconds while the command runs, or whose kernel panics while the command runs,
-    is started again, up to ``attempts`` boots in all: the command must be safe to run twice (every
+    ``stall_timeout`` seconds while the command runs, or that panics or triple-faults while the command
+    runs, is started again, up to ``attempts`` boots in all: the command must be safe to run twice (every
     rig test's is: it boots guests)."""
     if not shutil.which(QEMU):
         raise RigError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
@@ -180,16 +181,18 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
         khz = _host_tsc_khz()
         cmdline = OUTER_CMDLINE + (f" tsc_early_khz={khz}" if khz else "")
         qmp = Path(tmp) / "qmp.sock"
+        reset_log = Path(tmp) / "qemu-reset.log"  # a line per outer CPU reset, "Triple fault" first
         argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", str(OUTER_CPUS),
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
                 "-nographic", "-no-reboot", "-monitor", "none",
-                "-qmp", f"unix:{qmp},server=on,wait=off"]
+                "-qmp", f"unix:{qmp},server=on,wait=off", "-d", "cpu_reset", "-D", str(reset_log)]
         for attempt in range(1, attempts + 1):
             try:
-                res = _run_qemu(argv, timeout, echo, ready_timeout, stall_timeout, qmp)
+                reset_log.unlink(missing_ok=True)
+                res = _run_qemu(argv, timeout, echo, ready_timeout, stall_timeout, qmp, reset_log)
                 res.attempts = attempt
                 return res
-            except (RigNotReady, RigStalled, RigOuterPanic) as e:
+            except (RigNotReady, RigStalled, RigOuterCrash) as e:
                 # An infrastructure failure that says nothing about the command: keep its console
                 # and boot the rig again.
                 kept = CONSOLE_LOG.with_name(f"last-console-attempt{attempt}.log")
@@ -243,8 +246,19 @@ def _summarise_registers(dump: str) -> str:
     return "\n".join(f"  | {ln}" for ln in keep[:40])
 
 
+def _triple_faulted(reset_log: Path) -> bool:
+    """QEMU's TCG logs "Triple fault" under -d cpu_reset before it asks for the reset that
+    -no-reboot turns into an exit (target/i386/tcg, check_exception)."""
+    try:
+        with open(reset_log, "rb") as f:
+            return b"Triple fault" in f.read(1 << 20)
+    except OSError:
+        return False
+
+
 def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
-              stall_timeout: float = STALL_TIMEOUT_S, qmp: Path | None = None) -> RigResult:
+              stall_timeout: float = STALL_TIMEOUT_S, qmp: Path | None = None,
+              reset_log: Path | None = None) -> RigResult:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -320,7 +334,12 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
     if begin is None or result is None:
         why = _diagnose(lines, timed_out, timeout, "RIG-READY" in stages, proc.returncode)
         if begin is not None and why.startswith(_PANICKED):
-            raise RigOuterPanic(why, console)
+            raise RigOuterCrash(why, console)
+        if begin is not None and reset_log is not None and _triple_faulted(reset_log):
+            tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
+            raise RigOuterCrash("the outer guest triple-faulted while the command ran (QEMU's -d cpu_reset "
+                                f"log: Triple fault; QEMU exited on the reset); last console lines:\n{tail}",
+                                console)
         raise RigError(why, console)
     m = _RESULT.search(lines[result])
     rc = int(m.group(1))
@@ -332,4 +351,4 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
                      ready_time=stages.get("RIG-READY"), console=console, stages=stages)
 
 
-__all__ = ["RigError", "RigNotReady", "RigOuterPanic", "RigResult", "RigStalled", "run_in_rig"]
+__all__ = ["RigError", "RigNotReady", "RigOuterCrash", "RigResult", "RigStalled", "run_in_rig"]
