@@ -93,11 +93,56 @@ def stopped_before_user_space(case: dict, result: dict) -> bool:
             and first_mark is not None and first_mark not in result["marks"])
 
 
+# On AMD SVM KVM resets a vCPU on a shutdown intercept, so pvhboot's crash report shows the reset
+# state, never the instruction that triple-faulted.  The outer kernel's kvm_exit tracepoint records
+# the guest RIP and the exit information before that reset (arch/x86/kvm/trace.h, kvm_exit; it runs
+# right after #VMEXIT in svm_vcpu_run): armed for SVM_EXIT_SHUTDOWN (0x7f) only, it costs nothing
+# until a guest triple-faults.
+TRACING = "/sys/kernel/tracing"
+SVM_EXIT_SHUTDOWN = 0x7F
+
+
+def arm_shutdown_trace() -> str:
+    """'' when armed, else why not (the cases still run)."""
+    try:
+        if not os.path.exists(f"{TRACING}/events"):
+            subprocess.run(["mount", "-t", "tracefs", "nodev", TRACING], check=False, capture_output=True)
+        for path, value in (("events/kvm/kvm_exit/filter", f"exit_reason == {SVM_EXIT_SHUTDOWN}"),
+                            ("events/kvm/kvm_exit/enable", "1"), ("trace", "")):
+            with open(f"{TRACING}/{path}", "w") as f:
+                f.write(value)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def take_shutdown_trace() -> list[str]:
+    """The kvm_exit lines recorded since the last call, then cleared."""
+    try:
+        with open(f"{TRACING}/trace") as f:
+            lines = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")]
+        with open(f"{TRACING}/trace", "w") as f:
+            f.write("")
+    except OSError:
+        return []
+    return lines[-8:]
+
+
+def run_case_traced(case: dict) -> dict:
+    take_shutdown_trace()
+    result = run_case(case)
+    trace = take_shutdown_trace()
+    if trace:
+        result["shutdown_trace"] = trace
+        result["stderr"] += "".join(f"outer kvm_exit (SHUTDOWN): {ln.strip()}\n" for ln in trace)
+    return result
+
+
 def run_with_retries(case: dict) -> dict:
     first = None
     for attempt in range(1 + case.get("retries", 0)):
         try:
-            result = run_case(case)
+            result = run_case_traced(case)
         except Exception as e:  # report it as this case's result; the others still run
             return {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
                     "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
@@ -115,6 +160,8 @@ def run_with_retries(case: dict) -> dict:
 def main() -> int:
     with open(sys.argv[1]) as f:
         cases = json.load(f)
+    why_not = arm_shutdown_trace()
+    print(f"INNER-SHUTDOWN-TRACE {'armed' if not why_not else 'off: ' + why_not}", flush=True)
     for case in cases:
         for step in case.get("before", []):
             subprocess.run(step, check=False)

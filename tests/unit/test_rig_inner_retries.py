@@ -66,3 +66,30 @@ def test_only_an_early_triple_fault_is_retried(tmp_path, outcomes, retries, rc, 
     assert (result["rc"], result["attempts"], "flaky" in result) == (rc, attempts, flaky), result
     if flaky:
         assert result["flaky"].startswith("attempt 1 (wall ") and HEADS[outcomes[0]] in result["flaky"]
+
+
+def test_a_shutdown_exit_traced_by_the_outer_kernel_is_added_to_the_report(tmp_path, monkeypatch):
+    # A stand-in tracefs: arming writes the SVM_EXIT_SHUTDOWN filter; what the kernel recorded during
+    # the case lands in its stderr (and "shutdown_trace"), and the trace is cleared for the next case.
+    kvm_exit = tmp_path / "events" / "kvm" / "kvm_exit"
+    kvm_exit.mkdir(parents=True)
+    (tmp_path / "trace").write_text("")
+    monkeypatch.setattr(inner_checks, "TRACING", str(tmp_path))
+    assert inner_checks.arm_shutdown_trace() == ""
+    assert (kvm_exit / "filter").read_text() == "exit_reason == 127" and (kvm_exit / "enable").read_text() == "1"
+    line = ("python3-118 [000] ..... 10.848618: kvm_exit: vcpu 0 reason shutdown rip 0xffffffff810606f9 "
+            "info1 0x0 info2 0x0 intr_info 0x80000403 error_code 0x00000000")
+    case = _case(tmp_path, ["fault"], 0)
+    case["argv"][-1] = (f"open({str(tmp_path / 'trace')!r}, 'w').write('# tracer: nop\\n' + {line!r} + '\\n')\n"
+                        + case["argv"][-1])
+    result = inner_checks.run_with_retries(case)
+    assert result["shutdown_trace"] == [line]
+    assert result["stderr"].endswith(f"outer kvm_exit (SHUTDOWN): {line}\n")
+    assert (tmp_path / "trace").read_text() == ""
+
+
+def test_no_tracefs_leaves_the_cases_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(inner_checks, "TRACING", str(tmp_path / "absent"))
+    assert inner_checks.arm_shutdown_trace().startswith(("FileNotFoundError", "OSError"))
+    result = inner_checks.run_with_retries(_case(tmp_path, ["ok"], 0))
+    assert result["rc"] == 0 and "shutdown_trace" not in result
