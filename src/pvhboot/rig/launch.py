@@ -62,11 +62,12 @@ QEMU = "qemu-system-x86_64"
 # monotonic, but on a loaded host the outer kernel's clocksource watchdog sees jiffies fall behind
 # it and marks the TSC unstable ("skew is too large", seen in this rig), moving timekeeping onto
 # tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
-# nohz=off highres=off: a periodic local APIC tick instead of one-shot timers.  The rig's stalls
-# (a console silent for 60 s) show both outer vCPUs halted with interrupts on, in the idle loop
-# (QEMU's `info registers`: HLT=1, IF=1, the same RIP): a timer interrupt or its wake-up was lost,
-# and with one-shot timers and an idle tick nothing re-arms it.  A periodic timer is re-armed by
-# QEMU itself every period, so one lost tick costs 4 ms, not the run.
+# nohz=off highres=off: a periodic local APIC tick instead of one-shot timers.  In 8 of 9 stalls
+# (a console silent for 60 s) QEMU's `info registers` showed both outer vCPUs halted in the idle
+# loop with interrupts on (HLT=1, IF=1, RIP after `sti; hlt`): a timer interrupt or its wake-up was
+# lost, and with one-shot timers and an idle tick nothing re-arms it.  A periodic timer is re-armed
+# by QEMU itself every period, so one lost tick costs 4 ms, not the run.  (The ninth: both vCPUs
+# at one interrupt-entry stub with IF=0, a livelock; the stall retry covers it.)
 OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable nohz=off highres=off"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
