@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from rigrun import time_limit, warn_if_booted_again  # tests/rig/ is on sys.path
+from rigrun import time_limit, warn_about_recoveries  # tests/rig/ is on sys.path
 
 from pvhboot.commands.run import write_run_initramfs
 from pvhboot.rig import RigError, run_in_rig
@@ -113,14 +113,14 @@ def _run_group(group: str) -> dict:
         res = run_in_rig(script, timeout=RIG_TIMEOUT_S, files=files)
     except RigError as e:
         return {"__error__": f"the rig did not run group {group!r}: {e}\n(whole console: {CONSOLE_LOG})"}
-    warn_if_booted_again(res)
+    warn_about_recoveries(res)
     results = {}
     for line in res.output.splitlines():
         if line.startswith("INNER-RESULT "):
             r = json.loads(line[len("INNER-RESULT "):])
             results[r["name"]] = r
     timings = {"group": group, "rig_wall_s": round(time.monotonic() - start, 1),
-               "rig_ready_s": res.ready_time, "outer_boots": res.attempts,
+               "rig_ready_s": res.ready_time, "outer_boots": res.attempts, "nudges": res.nudges,
                "inner": {n: {"wall_s": r["wall"], "marks": r["marks"], "rc": r["rc"]}
                          for n, r in results.items()}}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,17 @@ STALL_TIMEOUT_S = 6.0 * HEARTBEAT_S
 # kernel: it is the rig's failure, handled as a stall (diagnosed, then the rig is booted again).
 _OUTER_LOCKUP = re.compile(r"soft lockup - CPU#|hard LOCKUP|rcu_\w+ (self-)?detected (expedited )?stalls?|"
                            r"blocked for more than \d+ seconds")
+# A console silent this long (2.5 missed heartbeats) gets one byte on the outer serial input, once
+# per silence: ^Q (XON), which the tty takes as "resume output" and neither echoes nor queues.  In
+# 9 of the 10 stall dumps kept, QEMU's `info registers` showed both outer vCPUs halted in the idle
+# loop with interrupts on (HLT=1, IF=1, RIP after `sti; hlt`), also with a periodic tick: nothing
+# runnable, the heartbeat's own `sleep` included.  That is what every task blocked on the console
+# looks like when the UART's transmit interrupt is lost (the hypothesis this tests): a receive
+# interrupt runs the 8250 driver's handler, which also sends what is queued.  RigResult.nudges counts
+# the silences that ended after one; a silence that does not end is still a stall at stall_timeout.
+NUDGE_AFTER_S = 2.5 * HEARTBEAT_S
+XON = b"\x11"
+_HOST_NOTE = "[rig host]"  # lines the launcher adds to the console record; never command output
 # After the first lockup line, let the kernel print its report (stack, registers) before the kill.
 LOCKUP_GRACE_S = 5.0
 # Outer boots run_in_rig tries when one never comes up or stalls.
@@ -62,13 +73,9 @@ QEMU = "qemu-system-x86_64"
 # monotonic, but on a loaded host the outer kernel's clocksource watchdog sees jiffies fall behind
 # it and marks the TSC unstable ("skew is too large", seen in this rig), moving timekeeping onto
 # tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
-# nohz=off highres=off: a periodic local APIC tick instead of one-shot timers.  In 8 of 9 stalls
-# (a console silent for 60 s) QEMU's `info registers` showed both outer vCPUs halted in the idle
-# loop with interrupts on (HLT=1, IF=1, RIP after `sti; hlt`): a timer interrupt or its wake-up was
-# lost, and with one-shot timers and an idle tick nothing re-arms it.  A periodic timer is re-armed
-# by QEMU itself every period, so one lost tick costs 4 ms, not the run.  (The ninth: both vCPUs
-# at one interrupt-entry stub with IF=0, a livelock; the stall retry covers it.)
-OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable nohz=off highres=off"
+# (A periodic tick, nohz=off highres=off, did not prevent a stall: the outer vCPUs are halted
+# because nothing is runnable, not because a timer was lost; see NUDGE_AFTER_S.)
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
@@ -126,6 +133,7 @@ class RigResult:
     console: str = ""  # the whole console, kernel messages included
     stages: dict[str, float] = field(default_factory=dict)
     attempts: int = 1  # outer boots it took (> 1: an earlier one never came up, stalled or crashed)
+    nudges: int = 0  # console silences that ended after ^Q on the serial input (NUDGE_AFTER_S)
 
 
 _PANICKED = "outer kernel panicked"
@@ -237,7 +245,8 @@ def _qmp_outer_state(path: Path | None, timeout: float = 5.0) -> str:
             json.loads(stream.readline() or b"{}")  # the greeting
             call({"execute": "qmp_capabilities"})
             out = []
-            for hmp in ("info cpus", "info registers -a"):
+            # then the UART (COM1): interrupt enable and line status, for a silent console
+            for hmp in ("info cpus", "info registers -a", "i /b 0x3f9", "i /b 0x3fd"):
                 reply = call({"execute": "human-monitor-command", "arguments": {"command-line": hmp}})
                 out.append(str(reply.get("return", reply.get("error", ""))))
             return "\n".join(out)
@@ -266,7 +275,7 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
               stall_timeout: float = STALL_TIMEOUT_S, qmp: Path | None = None,
               reset_log: Path | None = None) -> RigResult:
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     lines: list[str] = []
     stages: dict[str, float] = {}
@@ -299,8 +308,22 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
     t.start()
     timed_out = not_ready = stalled = False
     outer_state = ""
+    nudged_beat = None  # the last_beat of the silence ^Q was sent in
+    nudges = 0
     while proc.poll() is None:
         now = time.monotonic()
+        if nudged_beat is not None and last_beat[0] != nudged_beat:
+            nudges, nudged_beat = nudges + 1, None  # the heartbeat came back after ^Q
+        if ("RIG-BEGIN" in stages and "RIG-RESULT" not in stages and nudged_beat is None
+                and now - last_beat[0] >= NUDGE_AFTER_S):
+            nudged_beat = last_beat[0]
+            lines.append(f"{_HOST_NOTE} no heartbeat for {now - last_beat[0]:.0f} s: ^Q sent to the outer "
+                         "serial console")
+            try:
+                proc.stdin.write(XON)
+                proc.stdin.flush()
+            except OSError:
+                pass
         if now - start >= timeout:
             timed_out = True
         elif now - start >= ready_timeout and not stages.keys() & {"RIG-READY", "RIG-FAIL"}:
@@ -314,7 +337,13 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
             proc.wait()
             break
         time.sleep(0.2)
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
     t.join(5)
+    if nudged_beat is not None and last_beat[0] != nudged_beat:
+        nudges += 1  # the last silence ended after ^Q just before QEMU exited
     if outer_state:
         with open(CONSOLE_LOG, "a", encoding="utf-8") as log:
             log.write("--- QEMU monitor: info cpus / info registers -a (outer guest stalled) ---\n")
@@ -350,11 +379,11 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
     m = _RESULT.search(lines[result])
     rc = int(m.group(1))
     # The watchdog's heartbeat lines are the rig's, not the command's.
-    body = [ln for ln in lines[begin + 1:result] if not ln.startswith("RIG-HEARTBEAT")]
+    body = [ln for ln in lines[begin + 1:result] if not ln.startswith(("RIG-HEARTBEAT", _HOST_NOTE))]
     output = "\n".join(body + [lines[result][:m.start()]])
     return RigResult(rc=rc, output=output.rstrip("\n") + "\n" if output.strip("\n") else "",
                      wall_time=wall,
-                     ready_time=stages.get("RIG-READY"), console=console, stages=stages)
+                     ready_time=stages.get("RIG-READY"), console=console, stages=stages, nudges=nudges)
 
 
 __all__ = ["RigError", "RigNotReady", "RigOuterCrash", "RigResult", "RigStalled", "run_in_rig"]
