@@ -6,12 +6,11 @@ Usage: python3 inner_checks.py CASES.json  — a list of {"name", "argv", "input
 "input", "pty", "timeout", "marks", "retries"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When
 "input_after" is seen on the guest's output, "input" is written to pvhboot's stdin (the 16550's receive side).
 
-"retries": N boots a case again, up to N times, when the guest stopped with a triple fault or a timeout before
-the case's first mark (user space never ran): the rare early faults and hangs of a Linux guest seen only in this
-nested rig (README, "How the rig tier stays stall-proof").  A case that then passes carries "flaky": the first
-attempt's crash report, and the host-side test prints it, as `pvhboot compare --retries` does for its cells.
-A VMM error, an entry failure or a failure after user space ran is never retried; cases that expect a crash
-keep 0.
+"retries": N boots a case again, up to N times, when the guest stopped with a triple fault or a timeout (pvhboot's
+crash report): the rare faults and hangs of a Linux guest seen only in this nested rig (README, "How the rig tier
+stays stall-proof"), the rule `pvhboot compare --retries` applies to its cells.  A case that then passes carries
+"flaky": the first attempt's crash report, and the host-side test prints it.  A VMM error, an entry failure or
+a case the harness had to kill is never retried; cases that expect a crash keep 0.
 """
 from __future__ import annotations
 
@@ -86,11 +85,12 @@ def run_case(case: dict) -> dict:
 RETRIED_STOP = re.compile(r"^pvhboot: guest stopped: (triple fault|timeout) on vCPU \d+", re.M)
 
 
-def stopped_before_user_space(case: dict, result: dict) -> bool:
-    """A triple fault or a timeout before the guest printed its first mark (user space never ran)."""
-    first_mark = (case.get("marks") or [None])[0]
-    return (result["rc"] != 0 and RETRIED_STOP.search(result["stderr"]) is not None
-            and first_mark is not None and first_mark not in result["marks"])
+def guest_stopped_at_random(result: dict) -> bool:
+    """pvhboot stopped the guest on a triple fault or its timeout (not the harness, not a VMM error).
+    At first only stops before user space were retried; then a 2-vCPU 6.12 guest triple-faulted
+    with user space running (vCPU 1, #PF on a fetch at the same module-area RIP as an earlier hang),
+    so any stage is retried, as compare does, and every retry is reported."""
+    return result["rc"] != 0 and RETRIED_STOP.search(result["stderr"]) is not None
 
 
 # On AMD SVM KVM resets a vCPU on a shutdown intercept, so pvhboot's crash report shows the reset
@@ -147,10 +147,10 @@ def run_with_retries(case: dict) -> dict:
             return {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
                     "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
         result["attempts"] = attempt + 1
-        if not stopped_before_user_space(case, result):
+        if not guest_stopped_at_random(result):
             break
         first = first or result
-    if first is not None and not stopped_before_user_space(case, result):
+    if first is not None and not guest_stopped_at_random(result):
         err = first["stderr"]  # the head names the fault; the tail holds the console's last lines
         err = err if len(err) <= 3000 else err[:1500] + "\n[...]\n" + err[-1500:]
         result["flaky"] = f"attempt 1 (wall {first['wall']} s):\n{err}"

@@ -66,7 +66,7 @@ def _boot(name, kernel, protocol, cpus, cmdline, initrd="/rig/work/check.cpio", 
     argv = ["pvhboot", "boot", kernel, "--initrd", initrd, "--cmdline", cmdline,
             "--memory", f"{MEMORY >> 20}M", "--cpus", str(cpus), "--protocol", protocol,
             "--timeout", str(timeout), "--events-json", f"/tmp/{name}.json"]
-    # retries: a triple fault or timeout before user space boots the case once more (inner_checks.py;
+    # retries: a triple fault or timeout boots the case once more (inner_checks.py;
     # a case that then passes is flaky)
     return {"name": name, "argv": argv, "timeout": timeout + 60, "retries": retries,
             "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"], **extra}
@@ -154,7 +154,7 @@ def inner():
 def _case(inner, name) -> dict:
     r = inner[name]
     if r.get("flaky"):  # shown in pytest's warnings summary, also under -q, pass or fail
-        warnings.warn(f"rig case {name}: stopped before user space, booted when tried again "
+        warnings.warn(f"rig case {name}: triple fault or timeout, booted when tried again "
                       f"(attempts {r['attempts']}):\n{r['flaky']}", stacklevel=2)
     return r
 
