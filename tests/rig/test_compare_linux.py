@@ -42,6 +42,7 @@ for c, full in zip(cells, d["cells"]):
     report = full.get("crash_report") or ""  # its head names the crash and holds the registers
     c["crash_report"] = report if len(report) <= 4000 else report[:3000] + "\n[...]\n" + report[-1000:]
     c["console_tail"] = "" if full.get("status") == "ok" else (full.get("console_tail") or "")[-1500:]
+    c["stderr"] = "" if full.get("status") == "ok" else (full.get("stderr") or "")[-2000:]  # a VMM that died
 print("COMPARE-JSON " + json.dumps({"name": sys.argv[2], "rc": int(sys.argv[3]), "findings": d["findings"],
                                     "cells": cells, "groups": d["groups"]}))
 """
@@ -97,7 +98,8 @@ def test_every_path_boots_and_only_allowed_differences(runs):
     for c in doc["cells"]:
         # Say why in full (pytest would shorten the dict): the crash report and the console's end.
         assert c["status"] == "ok", (f"{c['path']}: {c['status']} {c.get('exit')}\n"
-                                     f"{c.get('crash_report') or ''}\n{(c.get('console_tail') or '')[-3000:]}")
+                                     f"{c.get('crash_report') or ''}\n{(c.get('console_tail') or '')[-3000:]}\n"
+                                     f"{c.get('stderr') or ''}")
         assert c["fields"] > 200, c  # boot_params, memmap, cpus, ACPI, vulnerabilities, dmesg lines...
     rows = _rows(doc)
     findings = {f: r["values"] for f, r in rows.items() if r["kind"] == "finding"}

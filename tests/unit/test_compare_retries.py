@@ -62,3 +62,18 @@ def test_deterministic_failures_and_no_retries_are_not_booted_again(monkeypatch)
     recs = engine.run_cells(cells("a", "b", "c"), jobs=1, retries=0)
     assert booted == {"a": 1, "b": 1, "c": 1}
     assert [r["status"] for r in recs] == ["error", "no fingerprint", "crash"]
+
+
+def test_a_cell_process_that_dies_on_a_signal_leaves_its_python_traceback(tmp_path, monkeypatch):
+    # A VMM child exited -11 once in the rig with nothing to say; -X faulthandler makes it say where.
+    from types import SimpleNamespace
+
+    from pvhboot.compare import runner
+
+    (tmp_path / "segv_cell.py").write_text("import ctypes, sys\nsys.stdin.read()\n\n"
+                                           "def crash():\n    ctypes.string_at(0)\n\ncrash()\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(runner, "CELL_MODULE", "segv_cell")
+    result = runner.run_cell(SimpleNamespace(timeout=20, to_json=lambda: {}))
+    assert result["status"] == "error" and "exited -11" in result["detail"], result
+    assert "Segmentation fault" in result["stderr"] and "in crash" in result["stderr"], result["stderr"]

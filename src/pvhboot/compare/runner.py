@@ -17,6 +17,7 @@ from .cells import Cell
 
 CHILD_GRACE_S = 60  # the VMM stops the guest at cell.timeout; this long again for start-up and teardown
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding pvhboot/
+CELL_MODULE = "pvhboot.compare.cell"  # what each child runs (python3 -m), its spec on stdin
 
 
 def child_env() -> dict[str, str]:
@@ -27,7 +28,9 @@ def child_env() -> dict[str, str]:
 
 def run_cell(cell: Cell) -> dict:
     """Boot ``cell`` in a child process; always returns a result dict (never raises for the cell)."""
-    argv = [sys.executable, "-m", "pvhboot.compare.cell"]
+    # -X faulthandler: a child that dies on a signal (a VMM exited -11 once in the rig) leaves every
+    # thread's Python traceback in its stderr, which the result keeps (the report prints it).
+    argv = [sys.executable, "-X", "faulthandler", "-m", CELL_MODULE]
     try:
         p = subprocess.run(argv, input=json.dumps(cell.to_json()), capture_output=True, text=True,
                            timeout=cell.timeout + CHILD_GRACE_S, env=child_env())
