@@ -51,8 +51,12 @@ _OUTER_LOCKUP = re.compile(r"soft lockup - CPU#|hard LOCKUP|rcu_\w+ (self-)?dete
 # loop with interrupts on (HLT=1, IF=1, RIP after `sti; hlt`), also with a periodic tick: nothing
 # runnable, the heartbeat's own `sleep` included.  That is what every task blocked on the console
 # looks like when the UART's transmit interrupt is lost (the hypothesis this tests): a receive
-# interrupt runs the 8250 driver's handler, which also sends what is queued.  RigResult.nudges counts
-# the silences that ended after one; a silence that does not end is still a stall at stall_timeout.
+# interrupt runs the 8250 driver's handler, which also sends what is queued.  The first stall dump
+# with the UART's registers refutes it: IER 0x05 (no transmit interrupt wanted), LSR 0x60 (transmitter
+# empty), so nothing was queued and ^Q did not end the silence.  A frozen outer clock (sleeps that
+# never end, with ticks still coming) fits every dump so far; the next step is to read it in the dump.
+# RigResult.nudges counts the silences that ended after ^Q; one that does not end is still a stall at
+# stall_timeout.
 NUDGE_AFTER_S = 2.5 * HEARTBEAT_S
 XON = b"\x11"
 _HOST_NOTE = "[rig host]"  # lines the launcher adds to the console record; never command output
