@@ -17,15 +17,11 @@ def time_limit(rig_timeout: float):
 
 
 def warn_about_recoveries(res: RigResult) -> None:
-    """An outer boot that stalled, never came up or crashed is retried by run_in_rig, and a silent
-    outer console is sent ^Q (launch.NUDGE_AFTER_S); the run still passes, and pytest's warnings
-    summary (shown under -q too) says it happened."""
+    """An outer boot that stalled, never came up or crashed is retried by run_in_rig; the run still
+    passes, and pytest's warnings summary (shown under -q too) says it happened."""
     if res.attempts > 1:
         warnings.warn(f"the rig took {res.attempts} outer boots: an earlier one stalled, never came up or "
                       f"crashed (its console: {CONSOLE_LOG.parent}/last-console-attempt*.log)", stacklevel=2)
-    if res.nudges:
-        warnings.warn(f"the outer console went silent {res.nudges} time(s) and spoke again after ^Q on its "
-                      "serial input (launch.NUDGE_AFTER_S)", stacklevel=2)
 
 
 def run_or_fail(script: str, timeout: float, files: dict[str, bytes] | None = None) -> RigResult:

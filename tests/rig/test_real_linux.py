@@ -120,7 +120,7 @@ def _run_group(group: str) -> dict:
             r = json.loads(line[len("INNER-RESULT "):])
             results[r["name"]] = r
     timings = {"group": group, "rig_wall_s": round(time.monotonic() - start, 1),
-               "rig_ready_s": res.ready_time, "outer_boots": res.attempts, "nudges": res.nudges,
+               "rig_ready_s": res.ready_time, "outer_boots": res.attempts,
                "inner": {n: {"wall_s": r["wall"], "marks": r["marks"], "rc": r["rc"]}
                          for n, r in results.items()}}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

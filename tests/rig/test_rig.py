@@ -2,6 +2,8 @@
 and says why when it cannot come up or finish (tier `rig`: seconds per boot under QEMU TCG)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pvhboot.rig import RigError, run_in_rig
@@ -67,3 +69,8 @@ def test_a_silent_outer_guest_is_reported_as_a_stall_with_its_registers():
     msg = str(e.value)
     assert "rig stalled" in msg and "silenced-now" in msg
     assert msg.count("RIP=") == OUTER_CPUS, msg  # one register dump per outer vCPU
+    # The outer clock, read twice a second apart: each local APIC's timer and jiffies_64 at the address
+    # the rig's /init printed.  Here the outer guest is only quiet, so its jiffies move.
+    assert msg.count("| Timer") == 2 * OUTER_CPUS, msg
+    jiffies = [int(v, 16) for v in re.findall(r"\| ffffffff[0-9a-f]{8}: (0x[0-9a-f]+)", msg)]
+    assert len(jiffies) == 2 and jiffies[1] > jiffies[0], msg

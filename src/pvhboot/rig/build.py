@@ -89,6 +89,9 @@ done
 [ -c /dev/kvm ] || fail "kvm_amd loaded but /dev/kvm is missing"
 npt=no
 dmesg | grep -q "Nested Paging enabled" && npt=yes
+# The address of the outer kernel's jiffies_64, for the host's stall dump to read the outer clock
+# through QEMU's monitor (pvhboot.rig.launch._qmp_outer_state; Debian ships a stub System.map).
+echo "RIG-SYMS jiffies_64=$(awk '$3 == "jiffies_64" {print $1; exit}' /proc/kallsyms)"
 echo "RIG-READY kvm=/dev/kvm nested_paging=$npt uptime=$(cut -d' ' -f1 /proc/uptime) memfree_kb=$(awk '/MemFree/ {print $2}' /proc/meminfo)"
 [ -f /rig/cmd.sh ] || fail "no /rig/cmd.sh in the initramfs (the per-run archive is missing)"
 export HOME=/tmp PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin PYTHONDONTWRITEBYTECODE=1

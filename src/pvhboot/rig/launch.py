@@ -45,21 +45,10 @@ STALL_TIMEOUT_S = 6.0 * HEARTBEAT_S
 # kernel: it is the rig's failure, handled as a stall (diagnosed, then the rig is booted again).
 _OUTER_LOCKUP = re.compile(r"soft lockup - CPU#|hard LOCKUP|rcu_\w+ (self-)?detected (expedited )?stalls?|"
                            r"blocked for more than \d+ seconds")
-# A console silent this long (2.5 missed heartbeats) gets one byte on the outer serial input, once
-# per silence: ^Q (XON), which the tty takes as "resume output" and neither echoes nor queues.  In
-# 9 of the 10 stall dumps kept, QEMU's `info registers` showed both outer vCPUs halted in the idle
-# loop with interrupts on (HLT=1, IF=1, RIP after `sti; hlt`), also with a periodic tick: nothing
-# runnable, the heartbeat's own `sleep` included.  That is what every task blocked on the console
-# looks like when the UART's transmit interrupt is lost (the hypothesis this tests): a receive
-# interrupt runs the 8250 driver's handler, which also sends what is queued.  The first stall dump
-# with the UART's registers refutes it: IER 0x05 (no transmit interrupt wanted), LSR 0x60 (transmitter
-# empty), so nothing was queued and ^Q did not end the silence.  A frozen outer clock (sleeps that
-# never end, with ticks still coming) fits every dump so far; the next step is to read it in the dump.
-# RigResult.nudges counts the silences that ended after ^Q; one that does not end is still a stall at
-# stall_timeout.
-NUDGE_AFTER_S = 2.5 * HEARTBEAT_S
-XON = b"\x11"
-_HOST_NOTE = "[rig host]"  # lines the launcher adds to the console record; never command output
+# The outer kernel's jiffies_64, which its /init prints (RIG-SYMS) for the stall dump's clock probe.
+_JIFFIES = re.compile(r"RIG-SYMS jiffies_64=([0-9a-f]{16})")
+# Seconds between the stall dump's two readings of the outer clock.
+CLOCK_PROBE_S = 1.0
 # After the first lockup line, let the kernel print its report (stack, registers) before the kill.
 LOCKUP_GRACE_S = 5.0
 # Outer boots run_in_rig tries when one never comes up or stalls.
@@ -78,7 +67,7 @@ QEMU = "qemu-system-x86_64"
 # it and marks the TSC unstable ("skew is too large", seen in this rig), moving timekeeping onto
 # tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
 # (A periodic tick, nohz=off highres=off, did not prevent a stall: the outer vCPUs are halted
-# because nothing is runnable, not because a timer was lost; see NUDGE_AFTER_S.)
+# because nothing is runnable, not because a timer was lost; see _qmp_outer_state.)
 OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
@@ -137,7 +126,6 @@ class RigResult:
     console: str = ""  # the whole console, kernel messages included
     stages: dict[str, float] = field(default_factory=dict)
     attempts: int = 1  # outer boots it took (> 1: an earlier one never came up, stalled or crashed)
-    nudges: int = 0  # console silences that ended after ^Q on the serial input (NUDGE_AFTER_S)
 
 
 _PANICKED = "outer kernel panicked"
@@ -227,9 +215,14 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _qmp_outer_state(path: Path | None, timeout: float = 5.0) -> str:
-    """QEMU's view of the outer vCPUs (``info cpus`` and each vCPU's RIP/flags/CR0) through its QMP
-    socket, for the diagnosis of a silent outer guest.  Best effort: '' when QEMU does not answer."""
+def _qmp_outer_state(path: Path | None, jiffies: int | None = None, timeout: float = 5.0) -> str:
+    """QEMU's view of the silent outer guest through its QMP socket: ``info cpus`` and each vCPU's
+    registers, the UART (COM1) interrupt enable and line status, then the outer clock read twice
+    CLOCK_PROBE_S apart: each vCPU's local APIC (its timer's current count) and, given its address,
+    the kernel's jiffies_64.  Nine of ten stall dumps had both outer vCPUs halted in the idle loop
+    with interrupts on, also with a periodic tick, and the UART idle (IER 0x05, LSR 0x60): a clock
+    that stopped (a timer that no longer counts, jiffies that no longer move) is what fits, and this
+    is what shows it.  Best effort: '' when QEMU does not answer."""
     if path is None or not path.exists():
         return ""
     try:
@@ -246,23 +239,34 @@ def _qmp_outer_state(path: Path | None, timeout: float = 5.0) -> str:
                     if "event" not in reply:
                         return reply
 
+            def hmp(line: str) -> str:
+                reply = call({"execute": "human-monitor-command", "arguments": {"command-line": line}})
+                return str(reply.get("return", reply.get("error", "")))
+
             json.loads(stream.readline() or b"{}")  # the greeting
             call({"execute": "qmp_capabilities"})
-            out = []
-            # then the UART (COM1): interrupt enable and line status, for a silent console
-            for hmp in ("info cpus", "info registers -a", "i /b 0x3f9", "i /b 0x3fd"):
-                reply = call({"execute": "human-monitor-command", "arguments": {"command-line": hmp}})
-                out.append(str(reply.get("return", reply.get("error", ""))))
+            out = [hmp(c) for c in ("info cpus", "info registers -a", "i /b 0x3f9", "i /b 0x3fd")]
+            clock = [f"info lapic {cpu}" for cpu in range(OUTER_CPUS)]
+            if jiffies is not None:
+                clock.append(f"x /1gx {jiffies:#x}")
+            for reading in (1, 2):
+                if reading == 2:
+                    time.sleep(CLOCK_PROBE_S)
+                out.append(f"--- outer clock, reading {reading} of 2 ({CLOCK_PROBE_S:g} s apart) ---")
+                out += [f"({c})\n{hmp(c)}" for c in clock]
             return "\n".join(out)
     except (OSError, ValueError) as e:
         return f"(QEMU's monitor did not answer: {e})"
 
 
 def _summarise_registers(dump: str) -> str:
-    """The lines of an ``info cpus`` + ``info registers -a`` dump worth a failure message."""
+    """The lines of a :func:`_qmp_outer_state` dump worth a failure message: where each vCPU is, and
+    the two readings of the clock (each local APIC's timer, pending and in-service vectors; jiffies)."""
     keep = [ln for ln in dump.splitlines()
-            if ln.startswith(("* CPU", "  CPU", "CPU#", "RAX", "RIP", "CR0", "RSP")) or "halted" in ln]
-    return "\n".join(f"  | {ln}" for ln in keep[:40])
+            if ln.startswith(("* CPU", "  CPU", "CPU#", "RAX", "RIP", "CR0", "RSP", "--- outer clock",
+                              "(info lapic", "LVTT\t", "Timer", "ISR", "IRR"))
+            or "halted" in ln or re.match(r"[0-9a-f]{16}: ", ln)]  # `x /1gx`: jiffies_64
+    return "\n".join(f"  | {ln}" for ln in keep[:60])
 
 
 def _triple_faulted(reset_log: Path) -> bool:
@@ -279,7 +283,7 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
               stall_timeout: float = STALL_TIMEOUT_S, qmp: Path | None = None,
               reset_log: Path | None = None) -> RigResult:
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     lines: list[str] = []
     stages: dict[str, float] = {}
@@ -312,22 +316,8 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
     t.start()
     timed_out = not_ready = stalled = False
     outer_state = ""
-    nudged_beat = None  # the last_beat of the silence ^Q was sent in
-    nudges = 0
     while proc.poll() is None:
         now = time.monotonic()
-        if nudged_beat is not None and last_beat[0] != nudged_beat:
-            nudges, nudged_beat = nudges + 1, None  # the heartbeat came back after ^Q
-        if ("RIG-BEGIN" in stages and "RIG-RESULT" not in stages and nudged_beat is None
-                and now - last_beat[0] >= NUDGE_AFTER_S):
-            nudged_beat = last_beat[0]
-            lines.append(f"{_HOST_NOTE} no heartbeat for {now - last_beat[0]:.0f} s: ^Q sent to the outer "
-                         "serial console")
-            try:
-                proc.stdin.write(XON)
-                proc.stdin.flush()
-            except OSError:
-                pass
         if now - start >= timeout:
             timed_out = True
         elif now - start >= ready_timeout and not stages.keys() & {"RIG-READY", "RIG-FAIL"}:
@@ -335,22 +325,18 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
         elif "RIG-BEGIN" in stages and "RIG-RESULT" not in stages and (
                 now - last_beat[0] >= stall_timeout or (lockup and now - lockup[0][0] >= LOCKUP_GRACE_S)):
             stalled = True
-            outer_state = _qmp_outer_state(qmp)  # before the kill: where the outer vCPUs are
+            # before the kill: where the outer vCPUs are, and whether the outer clock moves
+            outer_state = _qmp_outer_state(qmp, next((int(m.group(1), 16) for ln in lines
+                                                      if (m := _JIFFIES.search(ln))), None))
         if timed_out or not_ready or stalled:
             proc.kill()
             proc.wait()
             break
         time.sleep(0.2)
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
     t.join(5)
-    if nudged_beat is not None and last_beat[0] != nudged_beat:
-        nudges += 1  # the last silence ended after ^Q just before QEMU exited
     if outer_state:
         with open(CONSOLE_LOG, "a", encoding="utf-8") as log:
-            log.write("--- QEMU monitor: info cpus / info registers -a (outer guest stalled) ---\n")
+            log.write("--- QEMU monitor: vCPUs, UART and clock (outer guest stalled) ---\n")
             log.write(outer_state + "\n")
     if not_ready and not any("Kernel panic" in ln or "Out of memory" in ln for ln in lines):
         raise RigNotReady(f"rig not ready (no RIG-READY) after {ready_timeout:.0f} s: "
@@ -383,11 +369,11 @@ def _run_qemu(argv: list[str], timeout: float, echo, ready_timeout: float,
     m = _RESULT.search(lines[result])
     rc = int(m.group(1))
     # The watchdog's heartbeat lines are the rig's, not the command's.
-    body = [ln for ln in lines[begin + 1:result] if not ln.startswith(("RIG-HEARTBEAT", _HOST_NOTE))]
+    body = [ln for ln in lines[begin + 1:result] if not ln.startswith("RIG-HEARTBEAT")]
     output = "\n".join(body + [lines[result][:m.start()]])
     return RigResult(rc=rc, output=output.rstrip("\n") + "\n" if output.strip("\n") else "",
                      wall_time=wall,
-                     ready_time=stages.get("RIG-READY"), console=console, stages=stages, nudges=nudges)
+                     ready_time=stages.get("RIG-READY"), console=console, stages=stages)
 
 
 __all__ = ["RigError", "RigNotReady", "RigOuterCrash", "RigResult", "RigStalled", "run_in_rig"]
