@@ -87,6 +87,20 @@ def test_spinning_guest_stopped_by_timeout_with_report():
     assert r.wall_time_s < 5
 
 
+def test_crash_report_quotes_the_first_oops_after_it_scrolled_away():
+    # An oops, then 200 lines of cascade, then a hang: the report's last console lines show only the
+    # cascade; the first sign of trouble is shown on its own, with its console line number.
+    msg = (b"booting\n[    7.46] traps: PANIC: double fault, error_code: 0x0\n[    7.47] RIP: first_culprit\n"
+           + b"".join(b"[    7.5] ? asm_exc_page_fault+0x9/0x30\n" for _ in range(200)) + b"\0")
+    r = run_guest(guests.PRINT_THEN_HANG_REAL, guests.real_mode(), data={guests.LOAD + 0x20: msg}, timeout=1.0)
+    assert r.reason == "timeout", r.crash_report
+    rep = r.crash_report
+    assert "guest said: [    7.46] traps: PANIC: double fault, error_code: 0x0" in rep
+    assert "first sign of trouble (console line 2):" in rep
+    assert "  | [    7.47] RIP: first_culprit" in rep
+    assert rep.index("first sign of trouble") < rep.index("last 40 console lines")
+
+
 def test_halted_second_vcpu_is_stopped():
     """The AP waits in the in-kernel LAPIC for INIT/SIPI (blocked in KVM_RUN); the stop must kick it."""
     r = run_guest(guests.SPIN_32, guests.flat32(), timeout=0.3, cpus=2)

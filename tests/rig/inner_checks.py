@@ -138,6 +138,26 @@ def run_case_traced(case: dict) -> dict:
     return result
 
 
+def first_trouble(report: str) -> str:
+    """The "first sign of trouble" section of a pvhboot crash report (vmm/crash.FirstTrouble: the
+    first oops, shown when it scrolled out of the last console lines), or ''.  Shortened reports keep
+    their head and tail; this is the part between that says what went wrong first."""
+    at = report.find("first sign of trouble (console line")
+    if at < 0:
+        return ""
+    end = report.find("\nlast ", at)
+    return report[at:end if end >= 0 else len(report)][:5000]
+
+
+def shorten(report: str, keep: int = 3000) -> str:
+    """``report``'s head (the fault, the registers) and tail (the console's last lines), with its
+    first sign of trouble between them when it has one."""
+    middle = first_trouble(report)
+    if len(report) <= keep + len(middle):
+        return report
+    return report[:keep // 2] + "\n[...]\n" + (middle + "\n[...]\n" if middle else "") + report[-keep // 2:]
+
+
 def run_with_retries(case: dict) -> dict:
     first = None
     for attempt in range(1 + case.get("retries", 0)):
@@ -151,9 +171,7 @@ def run_with_retries(case: dict) -> dict:
             break
         first = first or result
     if first is not None and not guest_stopped_at_random(result):
-        err = first["stderr"]  # the head names the fault; the tail holds the console's last lines
-        err = err if len(err) <= 3000 else err[:1500] + "\n[...]\n" + err[-1500:]
-        result["flaky"] = f"attempt 1 (wall {first['wall']} s):\n{err}"
+        result["flaky"] = f"attempt 1 (wall {first['wall']} s):\n{shorten(first['stderr'])}"
     return result
 
 

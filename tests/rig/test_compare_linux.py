@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
@@ -21,6 +22,7 @@ from pvhboot.rig.build import CACHE_DIR
 from pvhboot.rig.launch import CONSOLE_LOG
 
 RIG_TIMEOUT_S = 480
+INNER_CHECKS = Path(__file__).resolve().parent / "inner_checks.py"  # its shorten() for crash reports
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 KERNEL = "/rig/guest/vmlinuz"
@@ -34,13 +36,15 @@ FAULTS = [
 # Prints the parts of a --json document the tests read (the whole one is large for a serial console).
 SUMMARY = r"""
 import json, sys
+sys.path.insert(0, "/rig/work")
+from inner_checks import shorten
 d = json.load(open(sys.argv[1]))
 cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s", "flaky", "attempts")}
          for c in d["cells"]]
 for c, full in zip(cells, d["cells"]):
     c["fields"] = len(full.get("fingerprint", {}))
     report = full.get("crash_report") or ""  # its head names the crash and holds the registers
-    c["crash_report"] = report if len(report) <= 4000 else report[:3000] + "\n[...]\n" + report[-1000:]
+    c["crash_report"] = shorten(report, 5000)  # its first sign of trouble kept between head and tail
     c["console_tail"] = "" if full.get("status") == "ok" else (full.get("console_tail") or "")[-1500:]
     c["stderr"] = "" if full.get("status") == "ok" else (full.get("stderr") or "")[-2000:]  # a VMM that died
 print("COMPARE-JSON " + json.dumps({"name": sys.argv[2], "rc": int(sys.argv[3]), "findings": d["findings"],
@@ -62,7 +66,8 @@ def _script() -> str:
 @pytest.fixture(scope="module")
 def runs() -> dict:
     start = time.monotonic()
-    res = run_or_fail(_script(), timeout=RIG_TIMEOUT_S, files={"rig/work/summary.py": SUMMARY.encode()})
+    res = run_or_fail(_script(), timeout=RIG_TIMEOUT_S, files={"rig/work/summary.py": SUMMARY.encode(),
+                                                            "rig/work/inner_checks.py": INNER_CHECKS.read_bytes()})
     out = {}
     for line in res.output.splitlines():
         at = line.find("COMPARE-JSON ")

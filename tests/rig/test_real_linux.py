@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from rigrun import time_limit, warn_about_recoveries  # tests/rig/ is on sys.path
+from inner_checks import first_trouble  # tests/rig/ is on sys.path
+from rigrun import time_limit, warn_about_recoveries
 
 from pvhboot.commands.run import write_run_initramfs
 from pvhboot.rig import RigError, run_in_rig
@@ -160,8 +161,10 @@ def _case(inner, name) -> dict:
 
 
 def _describe(r) -> str:
+    trouble = first_trouble(r["stderr"])
     return (f"rc={r['rc']} timed_out={r['timed_out']} wall={r['wall']}s\n--- stdout (tail)\n"
-            f"{r['stdout'][-2500:]}\n--- stderr (tail)\n{r['stderr'][-2500:]}")
+            f"{r['stdout'][-2500:]}\n--- stderr (tail)\n{r['stderr'][-2500:]}"
+            + (f"\n--- from the stderr's crash report\n{trouble}" if trouble else ""))
 
 
 def _value(r, key) -> str:

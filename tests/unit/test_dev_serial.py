@@ -365,6 +365,18 @@ def test_recent_lines_ring():
     assert u.out.getvalue().endswith(b"line 99\r\ntail")
 
 
+def test_line_observer_sees_every_completed_line_once_in_order():
+    seen: list[bytes] = []
+    u = Uart(history_lines=5, line_observer=seen.extend)
+    for i in range(30):
+        for c in f"line {i}\r\n".encode():
+            u.outb(THR, c)
+    for c in b"unfinished":
+        u.outb(THR, c)
+    u.dev.flush()
+    assert seen == [f"line {i}\r".encode() for i in range(30)]  # the unfinished line is not a line yet
+
+
 def test_feed_input_from_another_thread():
     u = Uart()
     u.outb(FCR, 0x01)

@@ -93,3 +93,24 @@ def test_no_tracefs_leaves_the_cases_running(tmp_path, monkeypatch):
     assert inner_checks.arm_shutdown_trace().startswith(("FileNotFoundError", "OSError"))
     result = inner_checks.run_with_retries(_case(tmp_path, ["ok"], 0))
     assert result["rc"] == 0 and "shutdown_trace" not in result
+
+
+def test_a_shortened_report_keeps_the_first_sign_of_trouble_pvhboot_printed():
+    # The rig's harnesses shorten crash reports to head + tail; the first oops (vmm/crash.FirstTrouble)
+    # sits between them and must survive, whatever the report's length.
+    from pvhboot.vmm.crash import FirstTrouble
+
+    console = [b"[    1.0] boot"] * 30 + [b"[    7.4] traps: PANIC: double fault, error_code: 0x0",
+                                         b"[    7.4] RIP: 0010:first_culprit+0x10/0x20"]
+    console += [b"[    7.5]  ? asm_exc_page_fault+0x9/0x30"] * 200 + [b"[    9.6] Kernel panic - not syncing: x"]
+    ft = FirstTrouble()
+    ft(console)
+    report = format_crash_report(CrashInfo("timeout", 0, "wall-clock limit of 60 s reached"),
+                                 [ln.decode() for ln in console[-100:]], first_trouble=ft)
+    short = inner_checks.shorten(report, 1000)
+    assert len(short) < len(report)
+    assert short.startswith("pvhboot: guest stopped: timeout on vCPU 0")
+    assert "first sign of trouble (console line 31):" in short and "first_culprit+0x10/0x20" in short
+    assert short.endswith(report[-500:])
+    assert inner_checks.shorten(report, len(report)) == report
+    assert inner_checks.first_trouble("pvhboot: guest stopped: timeout\nlast 3 console lines:\n") == ""

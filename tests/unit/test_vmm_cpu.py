@@ -6,7 +6,14 @@ from pvhboot.boot.cpu_state import CpuState, build_cpu_state
 from pvhboot.kvm.cpuid import build_vcpu_cpuid, find
 from pvhboot.kvm.msrs import build_boot_msrs
 from pvhboot.vmm.cpu import build_kvm_regs, build_kvm_sregs, segment_from_kvm
-from pvhboot.vmm.crash import CrashInfo, VcpuSnapshot, disassembly_mode, format_crash_report
+from pvhboot.vmm.crash import (
+    FIRST_TROUBLE_LINES,
+    CrashInfo,
+    FirstTrouble,
+    VcpuSnapshot,
+    disassembly_mode,
+    format_crash_report,
+)
 
 
 def pvh_state():
@@ -142,3 +149,53 @@ def test_crash_report_explains_reset_state_and_quotes_the_panic():
     text = format_crash_report(CrashInfo("triple fault", 0, "x", snapshots=[snap]), ["quiet"])
     assert "reset state" not in text and "guest said" not in text
     assert ctypes.sizeof(regs) == 144
+
+
+def _oops_console(before: int, cascade: int) -> list[bytes]:
+    """A console where a double fault's report scrolls for ``cascade`` lines before the panic."""
+    lines = [f"[    1.{i:04d}] booting {i}".encode() for i in range(before)]
+    lines += [b"[    7.4600] traps: PANIC: double fault, error_code: 0x0",
+              b"[    7.4601] RIP: 0010:first_culprit+0x10/0x20"]
+    lines += [f"[    7.5{i:03d}]  ? asm_exc_page_fault+0x9/0x30".encode() for i in range(cascade)]
+    lines += [b"[    9.6735] Kernel panic - not syncing: Fatal exception in interrupt"]
+    return lines
+
+
+def test_first_trouble_keeps_the_first_oops_however_the_console_batches_it():
+    console = _oops_console(before=500, cascade=300)
+    for batch_size in (1, 7, len(console)):
+        ft = FirstTrouble()
+        for at in range(0, len(console), batch_size):
+            ft(console[at:at + batch_size])
+        assert ft.line_no == 501
+        assert ft.lines[0] == "[    7.4600] traps: PANIC: double fault, error_code: 0x0"
+        assert ft.lines[1] == "[    7.4601] RIP: 0010:first_culprit+0x10/0x20"
+        assert len(ft.lines) == FIRST_TROUBLE_LINES  # bounded, whatever follows
+
+
+def test_first_trouble_keeps_a_bounded_piece_of_a_huge_line():
+    ft = FirstTrouble()
+    ft([b"BUG: " + b"x" * (1 << 20)])
+    assert ft.line_no == 1 and 500 <= len(ft.lines[0]) <= 512
+
+
+def test_crash_report_shows_the_first_oops_when_it_scrolled_away():
+    regs, sregs = abi.kvm_regs(), abi.kvm_sregs()
+    snap = VcpuSnapshot(0, regs, sregs, code=None)
+    console = _oops_console(before=50, cascade=300)
+    ft = FirstTrouble()
+    ft(console)
+    last = [line.decode() for line in console[-100:]]  # the serial device's history
+    text = format_crash_report(CrashInfo("timeout", 0, "wall-clock limit"), last, first_trouble=ft)
+    assert "guest said: [    7.4600] traps: PANIC: double fault, error_code: 0x0" in text
+    assert "first sign of trouble (console line 51):" in text
+    assert "  | [    7.4601] RIP: 0010:first_culprit+0x10/0x20" in text
+    assert text.index("first sign of trouble") < text.index("last 40 console lines")
+    # Still in the last lines shown: no second copy.
+    short = _oops_console(before=5, cascade=3)
+    ft = FirstTrouble()
+    ft(short)
+    text = format_crash_report(CrashInfo("crash", 0, "x", snapshots=[snap]), [ln.decode() for ln in short],
+                               first_trouble=ft)
+    assert "first sign of trouble" not in text
+    assert "guest said: [    7.4600] traps: PANIC: double fault" in text

@@ -127,6 +127,7 @@ class Serial16550:
         *,
         history_lines: int = 100,
         reg_shift: int = 0,
+        line_observer: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self._irq = irq
         self._emit = _output_function(output)
@@ -154,6 +155,9 @@ class Serial16550:
         # transmit side
         self._out = bytearray()
         self._lines: deque[bytes] = deque(maxlen=history_lines)
+        # Called (under the device lock, so cheap) with each batch of completed lines, before the
+        # history forgets them: the VMM keeps the first sign of a dying guest (vmm/crash.FirstTrouble).
+        self._line_observer = line_observer
         self._partial = bytearray()
         self._broken_pipe = False
         self.bytes_out = 0  # bytes the guest transmitted (loopback excluded)
@@ -385,6 +389,10 @@ class Serial16550:
             partial.clear()
             partial += pieces.pop()
             self._lines.extend(pieces)
+            if self._line_observer is not None:
+                self._line_observer(pieces)
         if len(partial) > _MAX_PARTIAL_LINE:
             self._lines.append(bytes(partial))
+            if self._line_observer is not None:
+                self._line_observer([bytes(partial)])
             partial.clear()

@@ -19,6 +19,7 @@ from ..errors import ConfigError, KvmError
 from ..memory import layout
 from .config import VmConfig, check_cpus, check_timeout
 from .cpu import setup_boot_vcpu, setup_vcpu_common
+from .crash import FirstTrouble
 from .runloop import CoalescedWrites, VmControl, install_kick_handler, join_vcpu_threads, vcpu_thread_main
 
 
@@ -144,6 +145,7 @@ class Machine:
         self._event_lock = threading.Lock()
         self.kvm = self.vm = None
         self.serial = None
+        self.first_trouble: FirstTrouble | None = None  # the first oops on the console (crash reports)
         self._console_input = None
         self._ran = False
         self.gdb = None  # the GDB stub (gdbstub.GdbStub) when ``gdb`` names [HOST:]PORT
@@ -198,7 +200,8 @@ class Machine:
         self.mmio_bus = d.Bus("mmio")
         sink = self._on_event
         irq4 = self.vm.irq_line(layout.COM1_IRQ) if irqchip else d.NullIrqLine()
-        self.serial = d.Serial16550(irq4, self.console)
+        self.first_trouble = FirstTrouble()
+        self.serial = d.Serial16550(irq4, self.console, line_observer=self.first_trouble)
         self.pio_bus.insert(self.serial, layout.COM1_PORT, d.Serial16550.PIO_LENGTH, "com1")
         self.pio_bus.insert(d.I8042(sink), layout.I8042_DATA_PORT, d.I8042.PIO_LENGTH, "i8042")
         self.pio_bus.insert(d.CmosRtc(), layout.RTC_PORT, d.CmosRtc.PIO_LENGTH, "rtc")
@@ -423,7 +426,8 @@ class Machine:
                 info.detail += f"\n(vCPU(s) {stuck} did not leave KVM_RUN)"
             lines = self.serial.recent_lines() if self.serial is not None else []
             symbols = self.symbols() if callable(self.symbols) else self.symbols
-            report = format_crash_report(info, lines, symbols, self.on_kvm_pvm, self.phys_to_virt)
+            report = format_crash_report(info, lines, symbols, self.on_kvm_pvm, self.phys_to_virt,
+                                         self.first_trouble)
             code = code or 1
         if self.serial is not None:
             self.serial.flush()

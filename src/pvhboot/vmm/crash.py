@@ -8,6 +8,7 @@ lines, and on kvm_pvm a line saying an unmodified Linux cannot run on this softw
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,10 @@ RESET_STATE_NOTE = ("  (this is the reset state: on AMD SVM KVM re-initialises t
                     "See the console lines below for what the guest said last.)")
 # Console lines that say why a Linux guest died, quoted at the top of the report.
 _GUEST_DEATH_MARKERS = ("Kernel panic", "BUG:", "Oops", "general protection fault", "double fault")
+_DEATH_MARKERS_RE = re.compile(b"|".join(re.escape(m.encode()) for m in _GUEST_DEATH_MARKERS))
+# Lines kept from the first death marker on (FirstTrouble): an oops with its call trace.
+FIRST_TROUBLE_LINES = 40
+_MAX_KEPT_LINE = 512  # bytes of one kept line (a guest may print a line of any length)
 _GPR_ORDER = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
@@ -192,13 +197,48 @@ def format_snapshot(snap: VcpuSnapshot, symbols=None, phys_to_virt: int = 0) -> 
     return lines
 
 
+class FirstTrouble:
+    """The first console line that says the guest is dying (a death marker: an oops, a double fault, a
+    panic) and the FIRST_TROUBLE_LINES lines from it on, with its line number.  The report's "last
+    console lines" show how a guest ended; when one failure cascades (a double fault whose handler
+    faults until its stack overflows, oopses scrolling for seconds), the first one is long gone from
+    them, and it is the one that says what went wrong.  A line observer of the serial device
+    (devices.Serial16550): one regex scan per batch of lines until the excerpt is full, then nothing;
+    bounded memory whatever the guest prints."""
+
+    def __init__(self, lines: int = FIRST_TROUBLE_LINES) -> None:
+        self.lines: list[str] = []  # the marker line first
+        self.line_no: int | None = None  # 1-based console line of the marker line
+        self._want = lines
+        self._seen = 0  # console lines observed before the current batch
+
+    def __call__(self, batch: list[bytes]) -> None:
+        if len(self.lines) >= self._want:
+            return
+        if self.line_no is None:
+            if not _DEATH_MARKERS_RE.search(b"\n".join(batch)):  # the common case: one C-level scan
+                self._seen += len(batch)
+                return
+            first = next(i for i, line in enumerate(batch) if _DEATH_MARKERS_RE.search(line))
+            self.line_no = self._seen + first + 1
+            batch = batch[first:]
+        for line in batch[:self._want - len(self.lines)]:
+            self.lines.append(line[:_MAX_KEPT_LINE].decode("utf-8", "replace").rstrip("\r"))
+
+
 def format_crash_report(info: CrashInfo, console_lines: list[str] | None = None, symbols=None,
-                        on_kvm_pvm: bool = False, phys_to_virt: int = 0) -> str:
+                        on_kvm_pvm: bool = False, phys_to_virt: int = 0,
+                        first_trouble: FirstTrouble | None = None) -> str:
     out = [f"pvhboot: guest stopped: {info.kind} on vCPU {info.vcpu}" + (f": {info.detail.splitlines()[0]}"
                                                                          if info.detail else "")]
     if info.detail and len(info.detail.splitlines()) > 1:
         out += info.detail.splitlines()[1:]
     said = [line for line in (console_lines or []) if any(m in line for m in _GUEST_DEATH_MARKERS)]
+    # The first trouble is shown on its own when its line has scrolled out of the last lines shown.
+    early = first_trouble is not None and bool(first_trouble.lines) and not any(
+        line.strip() == first_trouble.lines[0].strip() for line in (console_lines or [])[-CONSOLE_LINES:])
+    if early:
+        said = first_trouble.lines[:1]
     if said:
         out.append(f"guest said: {said[0].strip()}")
     if info.internal is not None:
@@ -217,6 +257,9 @@ def format_crash_report(info: CrashInfo, console_lines: list[str] | None = None,
             out += ["  " + x for x in disassemble(insn, addr, bits, max_insns=1)]
     for snap in sorted(info.snapshots, key=lambda s: (s.index != info.vcpu, s.index)):
         out += format_snapshot(snap, symbols, phys_to_virt)
+    if early:
+        out.append(f"first sign of trouble (console line {first_trouble.line_no}):")
+        out += ["  | " + line for line in first_trouble.lines]
     if console_lines:
         out.append(f"last {min(len(console_lines), CONSOLE_LINES)} console lines:")
         out += ["  | " + line for line in console_lines[-CONSOLE_LINES:]]
