@@ -1,6 +1,6 @@
 """Start the nested rig under QEMU TCG and run one shell script inside it.
 
-``run_in_rig(cmd, timeout)`` boots ``qemu-system-x86_64 -M microvm -accel tcg,thread=single -cpu max -smp 2`` with
+``run_in_rig(cmd, timeout)`` boots ``qemu-system-x86_64 -M microvm,accel=tcg -cpu max -smp 2`` with
 the cloud vmlinux and the cached rig archive followed by a small per-run archive holding /rig/cmd.sh,
 then reads the console: the rig's /init (pvhboot.rig.build.INIT_SCRIPT) prints ``RIG-READY`` once
 kvm_amd is loaded, ``RIG-BEGIN`` before the command, a ``RIG-HEARTBEAT`` line every
@@ -59,15 +59,6 @@ ATTEMPTS = 3
 # machine); with two, the same inner boot finished every time (platform.md, "The nested rig can
 # livelock with one outer vCPU").
 OUTER_CPUS = 2
-# One host thread runs both outer vCPUs, in turn (QEMU's round-robin TCG), not one thread each
-# (MTTCG, QEMU's default for an x86 guest on an x86 host).  The stall dump of 2026-12-02 caught both
-# outer vCPUs spinning in __schedule with interrupts off, each having last sent the other a
-# CALL_FUNCTION_SINGLE IPI (ICR 0x8fb) that was in neither's IRR: IPIs lost between the two TCG
-# threads while one of them ran KVM's nested guest (TCG's SVM emulation).  The same compare run had
-# first lost two outer boots to outer triple faults 15 s in, and an outer kernel panicked once with a
-# corrupted stack: failures of the outer kernel that no user-space command can cause, all with two
-# TCG threads.  With one thread there is no concurrency inside QEMU to lose an interrupt to.
-OUTER_ACCEL = "tcg,thread=single"
 
 QEMU = "qemu-system-x86_64"
 # loglevel=5: warnings (OOM killer, hung tasks) reach the console for the diagnosis; info does not.
@@ -197,7 +188,7 @@ def run_in_rig(cmd: list[str] | str, timeout: float = 600, *, files: dict[str, b
         cmdline = OUTER_CMDLINE + (f" tsc_early_khz={khz}" if khz else "")
         qmp = Path(tmp) / "qmp.sock"
         reset_log = Path(tmp) / "qemu-reset.log"  # a line per outer CPU reset, "Triple fault" first
-        argv = [QEMU, "-M", "microvm", "-accel", OUTER_ACCEL, "-cpu", "max", "-m", memory, "-smp", str(OUTER_CPUS),
+        argv = [QEMU, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", memory, "-smp", str(OUTER_CPUS),
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
                 "-nographic", "-no-reboot", "-monitor", "none",
                 "-qmp", f"unix:{qmp},server=on,wait=off", "-d", "cpu_reset", "-D", str(reset_log)]
