@@ -15,12 +15,17 @@ def test_rig_brings_up_kvm_amd_and_runs_a_command():
     res = run_in_rig(
         "ls -l /dev/kvm; dmesg | grep -o 'SVM: kvm: Nested Paging enabled'; "
         "python3 -c 'import pvhboot.cli, pvhboot.initramfs, rich, elftools, lz4.block, zstandard, "
-        "capstone, ctypes; print(\"imports-ok\")'; echo to-stderr >&2; exit 5", timeout=300)
+        "capstone, ctypes; print(\"imports-ok\")'; echo to-stderr >&2; "
+        "echo keeper=$(cat /run/kvm-keeper.ready) "
+        "vms=$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c anon_inode:kvm-vm); "
+        "exit 5", timeout=300)
     assert res.rc == 5, res.console[-2000:]
     lines = res.output.splitlines()
     assert lines[0].startswith("crw") and lines[0].endswith("/dev/kvm")
     assert "SVM: kvm: Nested Paging enabled" in lines
     assert "imports-ok" in lines and "to-stderr" in lines
+    # pvhboot.rig.keeper holds one idle VM from before the command on (no code patching per inner boot)
+    assert "keeper=held vms=1" in lines, res.output
     assert res.ready_time is not None and "nested_paging=yes" in res.console
 
 

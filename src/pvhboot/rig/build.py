@@ -89,6 +89,11 @@ done
 [ -c /dev/kvm ] || fail "kvm_amd loaded but /dev/kvm is missing"
 npt=no
 dmesg | grep -q "Nested Paging enabled" && npt=yes
+# Hold one idle VM for the rig's life, so that inner boots never make the outer kernel rewrite its
+# own code (pvhboot.rig.keeper says why); wait until it holds it, then go on.
+PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m pvhboot.rig.keeper /run/kvm-keeper.ready </dev/null >/run/kvm-keeper.log 2>&1 &
+n=0; while [ ! -e /run/kvm-keeper.ready ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+[ -e /run/kvm-keeper.ready ] || fail "the KVM keeper did not start: $(tail -3 /run/kvm-keeper.log)"
 # The address of the outer kernel's jiffies_64, for the host's stall dump to read the outer clock
 # through QEMU's monitor (pvhboot.rig.launch._qmp_outer_state; Debian ships a stub System.map).
 echo "RIG-SYMS jiffies_64=$(awk '$3 == "jiffies_64" {print $1; exit}' /proc/kallsyms)"
