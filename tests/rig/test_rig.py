@@ -7,6 +7,7 @@ import re
 import pytest
 
 from pvhboot.rig import RigError, run_in_rig
+from pvhboot.rig.launch import OUTER_CPUS
 
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available")]
 
@@ -27,6 +28,8 @@ def test_rig_brings_up_kvm_amd_and_runs_a_command():
     # pvhboot.rig.keeper holds one idle VM from before the command on (no code patching per inner boot)
     assert "keeper=held vms=1" in lines, res.output
     assert res.ready_time is not None and "nested_paging=yes" in res.console
+    # maxcpus=1 at boot, the others brought online by /init once the keeper holds its VM
+    assert f"cpus=0-{OUTER_CPUS - 1}" in res.console, res.console[-2000:]
 
 
 def test_rig_passes_files_and_argv():
@@ -66,7 +69,7 @@ def test_rig_timeout_says_where_with_last_lines():
 def test_a_silent_outer_guest_is_reported_as_a_stall_with_its_registers():
     # Silence the outer guest's watchdog, then say nothing: the host must call it a stall well
     # before the timeout, with QEMU's view of the outer vCPUs, and (attempts=1) not boot it again.
-    from pvhboot.rig.launch import OUTER_CPUS, RigStalled
+    from pvhboot.rig.launch import RigStalled
 
     with pytest.raises(RigStalled) as e:
         run_in_rig("kill $(cat /run/rig-heartbeat.pid); echo silenced-now; sleep 600", timeout=240,

@@ -90,14 +90,19 @@ done
 npt=no
 dmesg | grep -q "Nested Paging enabled" && npt=yes
 # Hold one idle VM for the rig's life, so that inner boots never make the outer kernel rewrite its
-# own code (pvhboot.rig.keeper says why); wait until it holds it, then go on.
+# own code (pvhboot.rig.keeper says why); wait until it holds it, then go on.  The kernel boots with
+# one CPU online (maxcpus=1, pvhboot.rig.launch.OUTER_CMDLINE): the module loads and the keeper's
+# first VM patch the kernel's code with no other CPU running it; only then come the others.
 PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m pvhboot.rig.keeper /run/kvm-keeper.ready </dev/null >/run/kvm-keeper.log 2>&1 &
 n=0; while [ ! -e /run/kvm-keeper.ready ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 [ -e /run/kvm-keeper.ready ] || fail "the KVM keeper did not start: $(tail -3 /run/kvm-keeper.log)"
+for f in /sys/devices/system/cpu/cpu[0-9]*/online; do
+    [ "$(cat $f)" = 1 ] || echo 1 > $f || fail "cannot bring $f up"
+done
 # The address of the outer kernel's jiffies_64, for the host's stall dump to read the outer clock
 # through QEMU's monitor (pvhboot.rig.launch._qmp_outer_state; Debian ships a stub System.map).
 echo "RIG-SYMS jiffies_64=$(awk '$3 == "jiffies_64" {print $1; exit}' /proc/kallsyms)"
-echo "RIG-READY kvm=/dev/kvm nested_paging=$npt uptime=$(cut -d' ' -f1 /proc/uptime) memfree_kb=$(awk '/MemFree/ {print $2}' /proc/meminfo)"
+echo "RIG-READY kvm=/dev/kvm nested_paging=$npt cpus=$(cat /sys/devices/system/cpu/online) uptime=$(cut -d' ' -f1 /proc/uptime) memfree_kb=$(awk '/MemFree/ {print $2}' /proc/meminfo)"
 [ -f /rig/cmd.sh ] || fail "no /rig/cmd.sh in the initramfs (the per-run archive is missing)"
 export HOME=/tmp PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin PYTHONDONTWRITEBYTECODE=1
 export PVHBOOT_KERNEL=/rig/guest/vmlinuz TERM=dumb

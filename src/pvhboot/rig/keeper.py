@@ -11,7 +11,9 @@ off on the preempt-notifier jump label at ``__schedule+0x2ab``, the other spinni
 ``csd_lock_wait`` for the synchronising IPI it had sent (once both vCPUs were stuck there, each
 waiting for the other).  Real CPUs make this protocol safe; TCG's handling of code another vCPU is
 rewriting does not always.  With this VM held open the keys never return to zero, so the outer
-kernel patches that code once, here, before any command runs, and never while inner guests run.
+kernel patches that code once, here, before any command runs, and never while inner guests run; and
+it runs while the outer kernel has only one CPU online (maxcpus=1; /init brings the others up after),
+since that one patch hung a rig boot too.
 (It also keeps SVM enabled on both CPUs between inner boots: KVM's hardware enable/disable, another
 round of IPIs, happens only when the VM count crosses zero.)
 """

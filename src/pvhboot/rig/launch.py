@@ -68,7 +68,11 @@ QEMU = "qemu-system-x86_64"
 # tick-counted jiffies and telling the inner KVM its host TSC is unreliable; keep the TSC.
 # (A periodic tick, nohz=off highres=off, did not prevent a stall: the outer vCPUs are halted
 # because nothing is runnable, not because a timer was lost; see _qmp_outer_state.)
-OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable"
+# maxcpus=1: the outer kernel comes up on one CPU; the rig's /init brings the others online once
+# kvm_amd is loaded and pvhboot.rig.keeper holds its VM, so that those code patches (jump labels,
+# text_poke_bp) run with no other CPU executing the code being patched (under TCG a vCPU was caught
+# stuck on such an instruction: pvhboot.rig.keeper).
+OUTER_CMDLINE = "console=ttyS0 reboot=t panic=-1 loglevel=5 mitigations=off tsc=reliable maxcpus=1"
 _RESULT = re.compile(r"RIG-RESULT rc=(-?\d+)")
 
 
