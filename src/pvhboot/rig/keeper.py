@@ -13,7 +13,7 @@ waiting for the other).  Real CPUs make this protocol safe; TCG's handling of co
 rewriting does not always.  With this VM held open the keys never return to zero, so the outer
 kernel patches that code once, here, before any command runs, and never while inner guests run; and
 it runs while the outer kernel has only one CPU online (maxcpus=1; /init brings the others up after),
-since that one patch hung a rig boot too.
+since a rig boot also hung once between the module loads and RIG-READY, where that patch is.
 (It also keeps SVM enabled on both CPUs between inner boots: KVM's hardware enable/disable, another
 round of IPIs, happens only when the VM count crosses zero.)
 """
