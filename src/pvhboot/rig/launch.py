@@ -223,10 +223,10 @@ def _qmp_outer_state(path: Path | None, jiffies: int | None = None, timeout: flo
     """QEMU's view of the silent outer guest through its QMP socket: ``info cpus`` and each vCPU's
     registers, the UART (COM1) interrupt enable and line status, then the outer clock read twice
     CLOCK_PROBE_S apart: each vCPU's local APIC (its timer's current count) and, given its address,
-    the kernel's jiffies_64.  Nine of ten stall dumps had both outer vCPUs halted in the idle loop
-    with interrupts on, also with a periodic tick, and the UART idle (IER 0x05, LSR 0x60): a clock
-    that stopped (a timer that no longer counts, jiffies that no longer move) is what fits, and this
-    is what shows it.  Best effort: '' when QEMU does not answer."""
+    the kernel's jiffies_64.  A healthy quiet outer guest dumps as both vCPUs halted in idle, UART
+    idle (IER 0x05, LSR 0x60), timers counting, jiffies moving; a stuck one showed a vCPU spinning
+    with IF=0 and the timer vector pending in IRR (pvhboot.rig.keeper).  Best effort: '' when QEMU
+    does not answer."""
     if path is None or not path.exists():
         return ""
     try:
