@@ -137,6 +137,46 @@ def test_a_cell_that_does_not_boot_is_a_finding_and_the_others_run(tmp_path):
     assert set(group.failed) == {"pvh-stopped", "linux64-junk"}
 
 
+def test_a_cell_that_stops_after_its_whole_fingerprint_is_booted_again(tmp_path, monkeypatch):
+    """The rig lost a clean cell this way (2026-12-01): every field printed, then the vCPU died, and
+    ``exit: timeout`` became a finding.  Here the real probe with its exit port write turned into
+    ``jmp .`` reports in full and then spins until its time limit; the file is mended between
+    attempts, so the retry boots the probe as it is: flaky, not a finding.  Broken every time, the
+    first attempt stands with its attempts and its exit is the finding."""
+    from pvhboot.compare import runner
+    from pvhboot.compare.engine import Options, plan_cells, run_cells
+    from pvhboot.probe import probe_path
+
+    real = probe_path().read_bytes()
+    out_f4 = b"\xe7\xf4"  # out %eax,$0xf4: probe_exit()'s write to the debug-exit port (probe.c)
+    assert real.count(out_f4) == 1
+    spins = real.replace(out_f4, b"\xeb\xfe")  # jmp .
+    kernel = tmp_path / "probe.elf"
+    _, cells = plan_cells(Options(kernel=None, paths="pvh", cpus=(1,), memory=(64 << 20,)), str(tmp_path))
+    cell = dataclasses.replace(cells[0], kernel=str(kernel), timeout=3.0)
+    boot_real = runner.run_cells
+    booted = []
+
+    def boot_then_mend(batch, jobs, progress=None):
+        booted.append(len(batch))
+        out = boot_real(batch, jobs, progress=progress)
+        kernel.write_bytes(real)
+        return out
+    monkeypatch.setattr(runner, "run_cells", boot_then_mend)
+
+    kernel.write_bytes(spins)
+    (rec,) = run_cells([cell], jobs=1, retries=1)
+    assert booted == [1, 1]
+    assert rec["status"] == "ok" and rec["fingerprint"]["exit"] not in ("crash", "timeout"), rec["exit"]
+    assert "wall-clock limit" in rec["flaky"], rec["flaky"]
+
+    monkeypatch.setattr(runner, "run_cells", boot_real)
+    kernel.write_bytes(spins)
+    (rec,) = run_cells([cell], jobs=1, retries=1)
+    assert rec["status"] == "ok" and rec["fingerprint"]["exit"] == "timeout" and rec["attempts"] == 2
+    assert rec["fingerprint"]["probe.verdict"] == "PASS" and "flaky" not in rec
+
+
 def test_dask_local_cluster_gives_the_same_fingerprints(tmp_path):
     distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed "
                                       "(pip install 'pvhboot[cluster]'; scripts/setup-tests.sh does)")

@@ -56,6 +56,30 @@ def test_a_crash_every_time_stays_a_failure_with_its_attempts(monkeypatch):
     assert recs[0]["status"] == "crash" and recs[0]["attempts"] == 3 and "flaky" not in recs[0]
 
 
+# A whole fingerprint, then the VM crashed: status "ok", the crash only in ``exit`` (compare/cell.py).
+OK_THEN_CRASH = {"status": "ok", "fingerprint": {"a": "1", "exit": "crash"}, "exit": {"reason": "crash", "code": 1},
+                 "crash_report": TRIPLE}
+OK_POWEROFF = {"status": "ok", "fingerprint": {"a": "1", "exit": "poweroff"}, "exit": {"reason": "poweroff", "code": 0}}
+OK_RESET = {"status": "ok", "fingerprint": {"a": "1", "exit": "reset"}, "exit": {"reason": "reset", "code": 0}}
+
+
+def test_a_crash_after_the_fingerprint_that_does_not_repeat_is_flaky(monkeypatch):
+    booted = fake_runner(monkeypatch, {"pvh": [OK_THEN_CRASH, OK_POWEROFF], "linux32": [OK_RESET]})
+    recs = engine.run_cells(cells("pvh", "linux32"), jobs=1, retries=1)
+    assert booted == {"pvh": 2, "linux32": 1}  # a reset is how a path ends, not chance
+    assert recs[0]["fingerprint"]["exit"] == "poweroff" and recs[0]["flaky"].startswith("pvhboot: guest stopped")
+    assert "flaky" not in recs[1]
+
+
+def test_a_crash_after_the_fingerprint_every_time_keeps_the_first_with_its_attempts(monkeypatch):
+    # the second attempt crashed before its fingerprint: the first, whole one is kept
+    booted = fake_runner(monkeypatch, {"pvh": [OK_THEN_CRASH, CRASH, OK_THEN_CRASH]})
+    recs = engine.run_cells(cells("pvh"), jobs=1, retries=2)
+    assert booted == {"pvh": 3}
+    assert recs[0]["status"] == "ok" and recs[0]["fingerprint"]["exit"] == "crash"
+    assert recs[0]["attempts"] == 3 and "flaky" not in recs[0]
+
+
 def test_deterministic_failures_and_no_retries_are_not_booted_again(monkeypatch):
     booted = fake_runner(monkeypatch, {"a": [{"status": "error", "detail": "bad"}],
                                        "b": [{"status": "no fingerprint"}], "c": [CRASH, OK]})

@@ -72,8 +72,9 @@ def add_parser(subparsers):
     p.add_argument("--jobs", metavar="N", type=int, default=os.cpu_count() or 1,
                    help="cells booted at once (default: the core count)")
     p.add_argument("--retries", metavar="N", type=int, default=1,
-                   help="boot a cell that crashed or timed out again, up to N times; one that then "
-                        "boots is reported as flaky, not as a failed path (default 1)")
+                   help="boot a cell that crashed or timed out (before or after its fingerprint) again, "
+                        "up to N times; one that then boots cleanly is reported as flaky, not as a "
+                        "failed path (default 1)")
     p.add_argument("--json", metavar="FILE", dest="json_out", help="write every fingerprint and the diff as JSON")
     p.add_argument("--baseline", metavar="FILE", help="also compare against a saved --json (e.g. the "
                                                       "kernel before a patch): its paths join as baseline:PATH")

@@ -129,12 +129,23 @@ def record_of(cell: Cell, result: dict) -> dict:
 RETRIED = ("crash", "timeout")  # how a cell may end by chance; "error" and "no fingerprint" repeat
 
 
+def ended_by_chance(result: dict) -> bool:
+    """The boot crashed or timed out: before its fingerprint was whole (``status``), or after it
+    (``exit``).  The second is how the rig lost a clean cell on 2026-12-01: its kernel printed every
+    field, then a vCPU died of a fault the nested bench injects, and ``exit: timeout`` became a
+    finding.  A kernel that really cannot power off on one path still shows: it does so every time."""
+    status = result.get("status")
+    reason = (result.get("exit") or {}).get("reason")
+    return status in RETRIED or (status == "ok" and reason in RETRIED)
+
+
 def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None, retries: int = 0) -> list[dict]:
     """Boot ``cells``: ``jobs`` child processes at a time here, or on a Dask cluster (a scheduler
-    address, or a connected distributed.Client).  A cell that crashed or timed out is booted again,
-    up to ``retries`` times: early boot is deterministic, so a crash that does not repeat is not a
-    difference between entry paths.  Such a cell keeps the first failure's head as ``flaky`` (the
-    report shows it); one that fails every time keeps its first failure and ``attempts``."""
+    address, or a connected distributed.Client).  A cell that crashed or timed out, before or after
+    its fingerprint (:func:`ended_by_chance`), is booted again, up to ``retries`` times: early boot is
+    deterministic, so a crash that does not repeat is not a difference between entry paths.  Such a
+    cell keeps the first failure's head as ``flaky`` (the report shows it); one that fails every time
+    keeps its first failure and ``attempts``."""
     def boot(batch: list[Cell]) -> list[dict]:
         if cluster:
             from .cluster import run_cells_on_cluster
@@ -146,12 +157,12 @@ def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None, retries
 
     results = boot(cells)
     for attempt in range(2, retries + 2):
-        again = [i for i, r in enumerate(results) if r.get("status") in RETRIED and "flaky" not in r]
+        again = [i for i, r in enumerate(results) if ended_by_chance(r) and "flaky" not in r]
         if not again:
             break
         for i, r in zip(again, boot([cells[i] for i in again])):
             first = results[i]
-            if r.get("status") == "ok":
+            if not ended_by_chance(r) and r.get("status") == "ok":
                 r["flaky"] = failure_head(first)
                 results[i] = r
             else:
