@@ -63,6 +63,9 @@ def _check_initrd() -> bytes:
     return buf.getvalue()
 
 
+RUN_BURST = 16 << 10
+
+
 def _boot(name, kernel, protocol, cpus, cmdline, initrd="/rig/work/check.cpio", timeout=90, retries=1, **extra):
     argv = ["pvhboot", "boot", kernel, "--initrd", initrd, "--cmdline", cmdline,
             "--memory", f"{MEMORY >> 20}M", "--cpus", str(cpus), "--protocol", protocol,
@@ -86,9 +89,12 @@ CASES = [
     # Without panic=, the kernel spins in panic(): --timeout stops it with a report.
     _boot("panic-timeout", "/tmp/vmlinux", "pvh", 1, "console=ttyS0 quiet rdinit=/nonexistent",
           initrd="/rig/guest/hello.cpio", timeout=15, retries=0),
+    # The command ends with a burst (4x the tty's 4 KiB transmit buffer), so the buffer is full when
+    # it exits: /init must not power off before the UART has sent it all (commands/run.py POWEROFF).
     {"name": "run", "timeout": 150, "marks": ["run-says-hi"], "retries": 1,
-     "argv": ["pvhboot", "run", "--memory", "128M", "--timeout", "90", "--",
-              "sh", "-c", "echo run-says-hi; echo \"args=[$0]\"; exit 7", "a b"]},
+     "argv": ["pvhboot", "run", "--cpus", "2", "--memory", "128M", "--timeout", "90", "--",
+              "sh", "-c", f"echo run-says-hi; echo \"args=[$0]\"; head -c {RUN_BURST} /dev/zero | tr '\\0' x; "
+              "echo; echo run-last-line; exit 7", "a b"]},
 ]
 
 
@@ -281,4 +287,5 @@ def test_panic_without_reboot_stopped_by_timeout(inner):
 def test_pvhboot_run_streams_output_and_exit_status(inner):
     r = _case(inner, "run")
     assert r["rc"] == 7, _describe(r)
-    assert r["stdout"] == "run-says-hi\nargs=[a b]\n", _describe(r)  # no kernel log, LF line ends
+    # no kernel log, LF line ends, every byte of the final burst before the poweroff
+    assert r["stdout"] == "run-says-hi\nargs=[a b]\n" + "x" * RUN_BURST + "\nrun-last-line\n", _describe(r)

@@ -161,6 +161,36 @@ def test_render_init_quotes_and_reports():
         run_cmd.render_init([])
 
 
+def test_init_closes_the_console_before_it_powers_off(tmp_path):
+    # The last open file of a tty is what makes the kernel wait for the UART to send the buffered
+    # output (run.POWEROFF): /init's poweroff must run with no descriptor on the console.  Here the
+    # "console" is a pipe and `poweroff` a stand-in that records what its descriptors 0-2 are.
+    import json
+    import subprocess
+    import sys
+
+    fake = tmp_path / "poweroff"
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    "fds = {n: os.readlink(f'/proc/self/fd/{n}') for n in range(3)\n"
+                    "       if os.path.exists(f'/proc/self/fd/{n}')}\n"
+                    "open(os.environ['RECORD'], 'w').write(json.dumps([sys.argv[1:], fds]))\n")
+    fake.chmod(0o755)
+    record = tmp_path / "record"
+    init = run_cmd.render_init(["true"])
+    assert init.rstrip().endswith(run_cmd.POWEROFF)
+    r, w = os.pipe()
+    console = os.readlink(f"/proc/self/fd/{w}")
+    try:
+        subprocess.run(["sh", "-c", run_cmd.POWEROFF], stdin=w, stdout=w, stderr=w, timeout=30, check=True,
+                       env={"PATH": f"{tmp_path}:/usr/bin:/bin", "RECORD": str(record)})
+    finally:
+        os.close(w)
+        os.close(r)
+    argv, fds = json.loads(record.read_text())
+    assert argv == ["-f"]
+    assert console not in fds.values(), fds  # the console's descriptors were closed first
+
+
 def test_run_initramfs_contents(tmp_path):
     busybox = run_cmd.find_busybox() if os.path.exists("/bin/busybox") else None
     if busybox is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from .run import POWEROFF
 
 ROOT_TAG = "pvhroot"
 NEWROOT = "/newroot"
@@ -157,7 +158,7 @@ def pack(cpio, plan: RunDevices, files: list[tuple[str, str]]) -> list[tuple[str
 def prelude(plan: RunDevices, files: list[tuple[str, str]]) -> str:
     """Shell lines for /init after the API file systems are mounted and before the command."""
     q = shlex.quote
-    lines = ["fail() { echo \"pvhboot-init: $*\"; poweroff -f; }"]
+    lines = [f"fail() {{ echo \"pvhboot-init: $*\"; {POWEROFF}; }}"]
     for i, path in enumerate(plan.modules):
         mod = f"/{MODULE_DIR}/{i:02d}-{path.name}"
         lines.append(f"insmod {mod} || fail 'insmod {path.name} failed'")

@@ -31,6 +31,14 @@ BASE_CMDLINE = "console=ttyS0 quiet panic=-1 rdinit=/init"
 CORE_APPLETS = ("bin/sh", "bin/mount", "bin/mkdir", "bin/echo", "bin/cat", "sbin/poweroff")
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# /init's last command.  The kernel writes its own console messages synchronously; the command's
+# output and the exit marker go through the tty, which the UART driver sends from its transmit buffer
+# as THRE interrupts come.  Powering off while that buffer still holds bytes prints "reboot: Power
+# down" ahead of them, or loses them (the rig saw a compare fingerprint line with the poweroff message
+# inside it, 2026-12-02).  Closing the console's last open file waits until the UART has sent it all
+# (drivers/tty/tty_port.c tty_port_close_start: tty_wait_until_sent, closing_wait 30 s), so /init
+# closes its console descriptors before it powers off (closed, not /dev/null: nothing to depend on).
+POWEROFF = "exec poweroff -f <&- >&- 2>&-"
 
 
 def render_init(cmd: list[str], *, workdir: str = "/root", prelude: str = "", command: str | None = None) -> str:
@@ -57,7 +65,7 @@ echo {BEGIN_MARKER.decode()}
 {command or shlex.join(cmd)}
 rc=$?
 echo "{EXIT_MARKER.decode()}$rc"
-poweroff -f
+{POWEROFF}
 """
 
 
