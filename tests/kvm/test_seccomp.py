@@ -151,3 +151,23 @@ def test_allow_ioctls_extends_the_vcpu_ioctls():
         assert record.reason == expect, record.crash_report
         if not allow:
             assert "called ioctl(" in record.crash_report and f"{abi.KVM_GET_FPU:#x}" in record.crash_report
+
+
+def test_a_fatal_signal_in_a_vcpu_thread_under_faulthandler_ends_the_process(tmp_path):
+    """A vCPU thread that takes SIGSEGV (a device bug; in the nested rig, a VMM thread's state
+    corrupted by the bench) under -X faulthandler, as `compare` runs its cells: faulthandler writes
+    every thread's traceback and re-raises with the default action, and the process dies of the
+    signal at once.  Before rt_sigaction of a fatal signal was allowed, the refused call left the
+    thread taking SIGSEGV again and again holding the GIL: the VMM hung, tracebacks without end."""
+    from pathlib import Path
+
+    script = tmp_path / "segv_in_vcpu.py"
+    script.write_text("import ctypes\nfrom test_seccomp import run_with_device\n"
+                      "run_with_device(lambda: ctypes.string_at(0))\nprint('VMM RETURNED')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(Path(__file__).parent)]))
+    p = subprocess.run([sys.executable, "-X", "faulthandler", str(script)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == -11, (p.returncode, p.stderr[-2000:])
+    assert p.stderr.count("Fatal Python error: Segmentation fault") == 1, p.stderr[-3000:]
+    assert "in string_at" in p.stderr and "in write" in p.stderr  # the vCPU thread's own traceback

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,16 @@ def run_cell(cell: Cell) -> dict:
                 f"{cell.timeout + CHILD_GRACE_S:g} s and was killed",
                 "stderr": err.decode("utf-8", "replace") if isinstance(err, bytes) else err}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode < 0 and not lines:
+        # Killed by a signal (SIGSEGV in a vCPU thread: the nested rig's bench corrupted a VMM thread's
+        # state once, 2026-12-02): a crash, which engine.run_cells boots again like a guest's; one
+        # that repeats is still a finding.
+        try:
+            name = signal.Signals(-p.returncode).name
+        except ValueError:
+            name = f"signal {-p.returncode}"
+        return {"status": "crash", "detail": f"the cell's VMM process was killed by {name} ({p.returncode}) "
+                "without a result", "stderr": p.stderr[-4000:]}
     if p.returncode != 0 or not lines:
         return {"status": "error", "detail": f"the cell's VMM process exited {p.returncode} without a result",
                 "stderr": p.stderr[-4000:]}

@@ -68,6 +68,10 @@ ALLOWED = {
     "brk": "the allocator",
     "rt_sigreturn": "return from the kick signal's handler",
     "rt_sigprocmask": "glibc blocks signals while a thread exits",
+    "rt_sigaction": "of a fatal signal only (FATAL_SIGNALS): Python's faulthandler (`compare` runs its cells "
+                    "under -X faulthandler) restores the default action to re-raise the signal the thread "
+                    "took, after writing every thread's traceback; refused, the thread took the signal "
+                    "again and again holding the GIL, and the VMM hung",
     "tgkill": "signal.pthread_kill: a vCPU that stops the VM kicks the others (VmControl)",
     "getpid": "glibc's pthread_kill passes the process id to tgkill",
     "clock_gettime": "time.monotonic_ns for device events where the vDSO falls back to the syscall",
@@ -76,6 +80,8 @@ ALLOWED = {
     "sendmsg": "once, to pass the thread's listener fd to the supervisor (on that socket only)",
 }
 _PROT_EXEC = 0x4  # asm-generic/mman-common.h
+# The signals faulthandler handles (CPython Modules/faulthandler.c faulthandler_handlers).
+FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
 # The KVM requests a vCPU thread issues: its own KVM_RUN; KVM_IRQ_LINE from a device raising an
 # interrupt (the VM fd); GET_REGS/GET_SREGS/TRANSLATE when it captures its state for a crash report.
 VCPU_IOCTLS = {
@@ -142,8 +148,10 @@ def vcpu_filter_program(supervisor_fd: int = -1, extra_ioctls: tuple[int, ...] =
         f = sc.SyscallFilter(sc.NOTIFY)
         f.set_attr(sc.Attr.ACT_BADARCH, sc.NOTIFY)  # an int 0x80 (i386) syscall is reported too
         for name in ALLOWED:
-            if name not in ("ioctl", "sendmsg", "mmap", "mprotect"):
+            if name not in ("ioctl", "sendmsg", "mmap", "mprotect", "rt_sigaction"):
                 f.add_rule(sc.ALLOW, name)
+        for signum in FATAL_SIGNALS:
+            f.add_rule(sc.ALLOW, "rt_sigaction", sc.Arg(0, sc.EQ, int(signum)))
         for request in sorted({*VCPU_IOCTLS.values(), *extra_ioctls}):  # an unsigned int: compare 32 bits
             f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
         f.add_rule(sc.ALLOW, "sendmsg", sc.Arg(0, sc.EQ, supervisor_fd & 0xFFFFFFFF))
