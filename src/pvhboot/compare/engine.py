@@ -131,7 +131,7 @@ RETRIED = ("crash", "timeout")  # how a cell may end by chance; "error" and "no 
 
 def ended_by_chance(result: dict) -> bool:
     """The boot crashed or timed out: before its fingerprint was whole (``status``), or after it
-    (``exit``).  The second is how the rig lost a clean cell on 2026-12-01: its kernel printed every
+    (``exit``).  The second is how the rig lost a clean cell on 2026-12-02: its kernel printed every
     field, then a vCPU died of a fault the nested bench injects, and ``exit: timeout`` became a
     finding.  A kernel that really cannot power off on one path still shows: it does so every time."""
     status = result.get("status")

@@ -42,9 +42,9 @@ def run_cell(cell: Cell) -> dict:
                 "stderr": err.decode("utf-8", "replace") if isinstance(err, bytes) else err}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode < 0 and not lines:
-        # Killed by a signal (SIGSEGV in a vCPU thread: the nested rig's bench corrupted a VMM thread's
-        # state once, 2026-12-02): a crash, which engine.run_cells boots again like a guest's; one
-        # that repeats is still a finding.
+        # Killed by a signal (a vCPU thread took SIGSEGV once in the nested rig, 2026-12-02; its cause
+        # is not known): a crash, which engine.run_cells boots again like a guest's; one that repeats
+        # is still a finding.
         try:
             name = signal.Signals(-p.returncode).name
         except ValueError:
