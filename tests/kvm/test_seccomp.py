@@ -86,6 +86,17 @@ def _exec():
     os.execv("/bin/true", ["true"])  # would replace the VMM: must never happen
 
 
+def _sigaction():
+    # Only a fatal signal's rt_sigaction is allowed (faulthandler's re-raise); any other handler is not.
+    import ctypes
+    import signal as sig
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.restype = ctypes.c_ssize_t
+    if libc.signal(int(sig.SIGUSR2), ctypes.c_void_p(1)) == -1:  # SIG_IGN; SIG_ERR on failure
+        raise OSError(ctypes.get_errno(), "signal(SIGUSR2)")  # EPERM: a PermissionError
+
+
 def _thread():
     t = threading.Thread(target=lambda: None)
     t.start()
@@ -95,7 +106,8 @@ def _thread():
 @pytest.mark.parametrize("action,syscall", [
     (_open_file, "openat("), (_socket, "socket(0x2, "), (_exec, "execve("),
     (_thread, ("gettid(", "clone3(", "clone(")),  # CPython asks its thread id before glibc's clone3
-], ids=["open", "socket", "exec", "thread"])
+    (_sigaction, "rt_sigaction(0xc, "),
+], ids=["open", "socket", "exec", "thread", "sigaction"])
 def test_forbidden_syscall_stops_the_vm_naming_it(action, syscall):
     record, dev = run_with_device(action)
     assert (record.reason, record.exit_code) == ("crash", 1), record
