@@ -159,7 +159,9 @@ def shorten(report: str, keep: int = 3000) -> str:
 
 
 def run_with_retries(case: dict) -> dict:
-    first = None
+    """The last attempt's result.  One that passed after failures carries them all as ``flaky``; one
+    that failed every time carries the earlier ones as ``earlier_attempts`` (its own stderr is the last)."""
+    failed: list[str] = []
     for attempt in range(1 + case.get("retries", 0)):
         try:
             result = run_case_traced(case)
@@ -169,9 +171,11 @@ def run_with_retries(case: dict) -> dict:
         result["attempts"] = attempt + 1
         if not guest_stopped_at_random(result):
             break
-        first = first or result
-    if first is not None and not guest_stopped_at_random(result):
-        result["flaky"] = f"attempt 1 (wall {first['wall']} s):\n{shorten(first['stderr'])}"
+        failed.append(f"attempt {attempt + 1} (wall {result['wall']} s):\n{shorten(result['stderr'])}")
+    if failed and not guest_stopped_at_random(result):
+        result["flaky"] = "\n".join(failed)
+    elif len(failed) > 1:
+        result["earlier_attempts"] = "\n".join(failed[:-1])
     return result
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
+from rigrun import INNER_RETRIES, run_or_fail, time_limit  # tests/rig/ is on sys.path
 
 from pvhboot.rig.build import CACHE_DIR
 from pvhboot.rig.launch import CONSOLE_LOG
@@ -26,7 +26,7 @@ INNER_CHECKS = Path(__file__).resolve().parent / "inner_checks.py"  # its shorte
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig_available"), time_limit(RIG_TIMEOUT_S)]
 
 KERNEL = "/rig/guest/vmlinuz"
-COMMON = "--cpus 2 --memory 256M --jobs 1 --timeout 60 --quiet"
+COMMON = f"--cpus 2 --memory 256M --jobs 1 --timeout 60 --retries {INNER_RETRIES} --quiet"
 # (name, path, the fields that must be findings).  One cell each, against the clean run.
 FAULTS = [
     ("memmap-ram-dropped", "pvh", {"MemTotal", "memmap"}),
@@ -39,7 +39,7 @@ import json, sys
 sys.path.insert(0, "/rig/work")
 from inner_checks import shorten
 d = json.load(open(sys.argv[1]))
-cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s", "flaky", "attempts")}
+cells = [{k: c.get(k) for k in ("path", "status", "fault", "detail", "exit", "wall_s", "flaky", "attempts", "failures")}
          for c in d["cells"]]
 for c, full in zip(cells, d["cells"]):
     c["fields"] = len(full.get("fingerprint", {}))
@@ -104,7 +104,7 @@ def test_every_path_boots_and_only_allowed_differences(runs):
         # Say why in full (pytest would shorten the dict): the crash report and the console's end.
         assert c["status"] == "ok", (f"{c['path']}: {c['status']} {c.get('exit')}\n"
                                      f"{c.get('crash_report') or ''}\n{(c.get('console_tail') or '')[-3000:]}\n"
-                                     f"{c.get('stderr') or ''}")
+                                     f"{c.get('stderr') or ''}\nevery failed attempt: {c.get('failures')}")
         assert c["fields"] > 200, c  # boot_params, memmap, cpus, ACPI, vulnerabilities, dmesg lines...
     rows = _rows(doc)
     findings = {f: r["values"] for f, r in rows.items() if r["kind"] == "finding"}

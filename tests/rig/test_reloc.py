@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
+from rigrun import INNER_RETRIES, run_or_fail, time_limit  # tests/rig/ is on sys.path
 
 # The inner results are read as the real-Linux tests read theirs (tests/rig/ is on sys.path).
 from test_real_linux import _case, _describe, _value  # noqa: E402
@@ -75,7 +75,7 @@ def check_cpio(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def inner(bzimage, check_cpio) -> dict:
-    cases = [{"name": name, "timeout": 150, "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"], "retries": 1,
+    cases = [{"name": name, "timeout": 150, "marks": ["GUEST-MARKER-UP", "PVHBOOT-EXIT"], "retries": INNER_RETRIES,
               "argv": ["pvhboot", "boot", "/tmp/vmlinux-6.12", "--protocol", "pvh", "--initrd",
                        "/rig/work/check.cpio", "--cmdline", CMDLINE, "--memory", f"{MEMORY >> 20}M",
                        "--cpus", str(cpus), "--timeout", "90", *opts]}

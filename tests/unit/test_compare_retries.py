@@ -54,6 +54,37 @@ def test_a_crash_every_time_stays_a_failure_with_its_attempts(monkeypatch):
     recs = engine.run_cells(cells("linux64"), jobs=1, retries=2)
     assert booted == {"linux64": 3}
     assert recs[0]["status"] == "crash" and recs[0]["attempts"] == 3 and "flaky" not in recs[0]
+    assert recs[0]["failures"] == ["\n".join(TRIPLE.splitlines()[:4])] * 3
+
+
+TIMEOUT = {"status": "timeout", "crash_report": "pvhboot: guest stopped: timeout on vCPU 1: wall-clock limit\nvCPU 1:"}
+
+
+def test_every_failed_attempt_is_kept_in_order(monkeypatch):
+    # The rig lost a clean cell to two failures and kept only the first (2026-12-02): which the second
+    # was, nobody could say.  Now each failed try's head is kept, and both reports show them all.
+    from pvhboot.compare.diff import compare_records
+    from pvhboot.compare.report import print_report
+    from pvhboot.compare.rules import LINUX_RULES
+
+    fake_runner(monkeypatch, {"pvh": [CRASH, TIMEOUT, OK], "linux64": [TIMEOUT, CRASH, CRASH], "linux32": [OK]})
+    recs = engine.run_cells(cells("pvh", "linux64", "linux32"), jobs=1, retries=2)
+    triple, timeout = "\n".join(TRIPLE.splitlines()[:4]), TIMEOUT["crash_report"]
+    assert recs[0]["status"] == "ok" and recs[0]["flaky"] == triple and recs[0]["failures"] == [triple, timeout]
+    assert recs[1]["status"] == "timeout" and recs[1]["attempts"] == 3
+    assert recs[1]["failures"] == [timeout, triple, triple]
+    assert "failures" not in recs[2]
+
+    out = io.StringIO()
+    print_flaky(recs, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "pvh (2 vCPU, 256 MiB) failed 2 times and booted when tried again" in text
+    assert text.index("triple fault on vCPU 0") < text.index("timeout on vCPU 1")
+    out = io.StringIO()
+    print_report(compare_records(recs, LINUX_RULES), Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    assert "linux64" in text and "attempt 2 of 3:" in text and "attempt 3 of 3:" in text
+    assert text.count("triple fault on vCPU 0") == 2  # attempts 2 and 3; the first was the timeout
 
 
 # A whole fingerprint, then the VM crashed: status "ok", the crash only in ``exit`` (compare/cell.py).

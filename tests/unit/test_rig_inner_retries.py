@@ -68,6 +68,20 @@ def test_only_an_early_triple_fault_is_retried(tmp_path, outcomes, retries, rc, 
         assert result["flaky"].startswith("attempt 1 (wall ") and HEADS[outcomes[0]] in result["flaky"]
 
 
+def test_every_failed_attempt_is_kept(tmp_path):
+    # With two retries a case can fail twice: both show, in order, whether it then passed or not.
+    result = inner_checks.run_with_retries(_case(tmp_path, ["timeout", "fault", "ok"], 2))
+    text = result["flaky"]
+    assert text.index("attempt 1 (wall ") < text.index(HEADS["timeout"]) < text.index("attempt 2 (wall ")
+    assert text.index("attempt 2 (wall ") < text.rindex(HEADS["fault"])
+    result = inner_checks.run_with_retries(_case(tmp_path, ["timeout", "late", "fault"], 2))
+    assert result["rc"] == 1 and result["attempts"] == 3 and "flaky" not in result
+    assert HEADS["fault"] in result["stderr"]  # the last attempt's own
+    earlier = result["earlier_attempts"]
+    assert earlier.startswith("attempt 1 (wall ") and HEADS["timeout"] in earlier and "attempt 2 (wall " in earlier
+    assert "attempt 3" not in earlier
+
+
 def test_a_shutdown_exit_traced_by_the_outer_kernel_is_added_to_the_report(tmp_path, monkeypatch):
     # A stand-in tracefs: arming writes the SVM_EXIT_SHUTDOWN filter; what the kernel recorded during
     # the case lands in its stderr (and "shutdown_trace"), and the trace is cleared for the next case.

@@ -145,7 +145,9 @@ def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None, retries
     its fingerprint (:func:`ended_by_chance`), is booted again, up to ``retries`` times: early boot is
     deterministic, so a crash that does not repeat is not a difference between entry paths.  Such a
     cell keeps the first failure's head as ``flaky`` (the report shows it); one that fails every time
-    keeps its first failure and ``attempts``."""
+    keeps its first failure and ``attempts``.  Either way ``failures`` holds the head of every failed
+    attempt, in order, so a report can tell a cell that failed alike each time from one hit by
+    different chances (the rig lost a clean cell to two failures on 2026-12-02 and kept only one)."""
     def boot(batch: list[Cell]) -> list[dict]:
         if cluster:
             from .cluster import run_cells_on_cluster
@@ -162,10 +164,13 @@ def run_cells(cells: list[Cell], jobs: int, cluster=None, progress=None, retries
             break
         for i, r in zip(again, boot([cells[i] for i in again])):
             first = results[i]
+            failures = first.setdefault("failures", [failure_head(first)])
             if not ended_by_chance(r) and r.get("status") == "ok":
-                r["flaky"] = failure_head(first)
+                r["flaky"] = failures[0]
+                r["failures"] = failures
                 results[i] = r
             else:
+                failures.append(failure_head(r))
                 first["attempts"] = attempt
     return [record_of(c, r) for c, r in zip(cells, results)]
 

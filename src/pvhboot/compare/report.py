@@ -120,6 +120,10 @@ def print_report(groups: list[Group], console=None, show_reasons: bool = True) -
             if not rec.get("crash_report") and rec.get("console_tail"):
                 text += "\nlast console lines:\n" + rec["console_tail"]
             console.print(Text(text.rstrip()), soft_wrap=True)  # a crash report keeps its own lines
+            later = (rec.get("failures") or [])[1:]  # booted again (--retries): how each later try ended
+            for n, head in enumerate(later, 2):
+                console.print(Text(f"attempt {n} of {rec.get('attempts')}:\n  " + head.replace("\n", "\n  ")),
+                              soft_wrap=True)
         console.print()
 
 
@@ -133,7 +137,10 @@ def print_flaky(records: list[dict], console=None) -> None:
         return
     console = console or Console()
     for r in flaky:
-        console.print(Text(f"{r['path']} ({r['cpus']} vCPU, {r['memory'] >> 20} MiB) failed once and booted when "
-                           "tried again: flaky, not a difference between paths. The failed attempt:",
-                           style="yellow"))
-        console.print(Text("  " + r["flaky"].replace("\n", "\n  ")), soft_wrap=True)
+        heads = r.get("failures") or [r["flaky"]]
+        times = "once" if len(heads) == 1 else f"{len(heads)} times"
+        console.print(Text(f"{r['path']} ({r['cpus']} vCPU, {r['memory'] >> 20} MiB) failed {times} and booted "
+                           "when tried again: flaky, not a difference between paths. "
+                           f"The failed attempt{'s' if len(heads) > 1 else ''}:", style="yellow"))
+        for head in heads:
+            console.print(Text("  " + head.replace("\n", "\n  ")), soft_wrap=True)
