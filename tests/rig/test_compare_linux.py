@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,12 @@ def runs() -> dict:
         {"rig_wall_s": round(time.monotonic() - start, 1), "runs": out}, indent=1))
     print(f"\ncompare rig run: {time.monotonic() - start:.0f} s; "
           + ", ".join(f"{n}: {[c['wall_s'] for c in d['cells']]}" for n, d in out.items()))
-    for name, d in out.items():  # --retries 1 (the default): a crash that did not repeat, shown here
+    for name, d in out.items():  # a crash that did not repeat (--retries): in pytest's warnings summary
         for c in d["cells"]:
             if c.get("flaky"):
-                print(f"compare {name}: {c['path']} failed once, booted when tried again:\n{c['flaky']}")
+                heads = c.get("failures") or [c["flaky"]]
+                warnings.warn(f"compare {name}: {c['path']} failed {len(heads)}x, booted when tried again:\n"
+                              + "\n".join(heads), stacklevel=2)
     return out
 
 
