@@ -54,11 +54,27 @@ def test_a_file_that_is_not_a_kernel(capsys, tmp_path):
     assert rc == 2 and "neither an ELF vmlinux" in err
 
 
+NOT_A_RECORD = "cell record 0 is not one `pvhboot compare --json` writes"
+CELL = {"path": "pvh", "cpus": 2, "memory": 512 << 20, "status": "ok", "fingerprint": {"x": "1"}}
+
+
+def _baseline(**changes) -> str:
+    return json.dumps({"collector": "probe", "cells": [{**CELL, **changes}]})
+
+
 @pytest.mark.parametrize("content,message", [
     ("not json", "not JSON"),
-    (json.dumps({"cells": [{"path": "pvh"}], "collector": "probe"}), "lacks path/cpus/memory/status"),
+    (json.dumps({"cells": [{"path": "pvh"}], "collector": "probe"}), NOT_A_RECORD),
     (json.dumps({"cells": [], "collector": "linux"}), "holds linux fingerprints, this run probe"),
     (json.dumps([1, 2]), "not a `pvhboot compare --json` file"),
+    # Each of these reached the diff or the report and ended in a traceback (found 2026-12-02):
+    (_baseline(status="crash", stderr=5), NOT_A_RECORD),             # report: str + int
+    (_baseline(fingerprint={"x": [1]}), NOT_A_RECORD),               # diff: unhashable
+    (_baseline(status="crash", exit="poweroff"), NOT_A_RECORD),      # report: str.get
+    (_baseline(status="crash", failures=7, attempts=3), NOT_A_RECORD),
+    (_baseline(status="crash", failures=["a", 2]), NOT_A_RECORD),
+    (_baseline(memory="512M"), NOT_A_RECORD),
+    (_baseline(cpus=True), NOT_A_RECORD),
 ])
 def test_bad_baseline(capsys, tmp_path, content, message, monkeypatch):
     import pvhboot.compare.engine as engine
@@ -68,6 +84,13 @@ def test_bad_baseline(capsys, tmp_path, content, message, monkeypatch):
     f.write_text(content)
     rc, _, err = run_cli(capsys, "--baseline", str(f))
     assert rc == 2 and message in err, err
+
+
+def test_a_baseline_record_as_compare_writes_it_is_accepted():
+    from pvhboot.compare.engine import is_cell_record
+
+    assert is_cell_record({**CELL, "exit": {"reason": "poweroff", "code": 0}, "fault": None, "wall_s": 0.1,
+                           "crash_report": "", "failures": ["head"], "attempts": 2, "flaky": "head"})
 
 
 def test_seed_fault_is_not_in_the_help(capsys):

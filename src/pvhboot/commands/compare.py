@@ -110,6 +110,7 @@ def _collector_initramfs(workdir: str, user_initrd: str | None) -> str:
 def _load_baseline(path: str, kind: str) -> list[dict]:
     import json
 
+    from ..compare.engine import is_cell_record
     from ..files import read_regular
 
     try:
@@ -121,10 +122,10 @@ def _load_baseline(path: str, kind: str) -> list[dict]:
     if data.get("collector") != kind:
         raise ConfigError(f"--baseline {path} holds {data.get('collector')} fingerprints, this run {kind}")
     cells = []
-    for c in data["cells"]:
-        if not (isinstance(c, dict) and {"path", "cpus", "memory", "status"} <= set(c)
-                and isinstance(c.get("fingerprint", {}), dict)):
-            raise ConfigError(f"--baseline {path}: a cell record lacks path/cpus/memory/status")
+    for n, c in enumerate(data["cells"]):
+        if not is_cell_record(c):
+            raise ConfigError(f"--baseline {path}: cell record {n} is not one `pvhboot compare --json` writes "
+                              "(path/cpus/memory/status, text fields, a fingerprint of strings)")
         c.setdefault("fingerprint", {})
         cells.append(c)
     return cells

@@ -126,6 +126,28 @@ def record_of(cell: Cell, result: dict) -> dict:
     return rec
 
 
+# The text a cell record may carry (record_of, cell.boot_cell, run_cells); str or absent/None each.
+RECORD_TEXT = ("path", "protocol", "fault", "kernel", "cmdline", "status", "detail", "crash_report", "console_tail",
+               "stderr", "flaky")
+
+
+def is_cell_record(rec) -> bool:
+    """Has ``rec`` the shape record_of gives?  A --baseline file is read back through this, so a
+    hand-edited or hostile one is refused with one line instead of breaking the diff or the report."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (isinstance(rec, dict) and {"path", "cpus", "memory", "status"} <= set(rec)):
+        return False
+    fingerprint, exit_, failures = rec.get("fingerprint", {}), rec.get("exit"), rec.get("failures", [])
+    return (all(isinstance(rec.get(k), (str, type(None))) for k in RECORD_TEXT)
+            and isinstance(rec["path"], str) and isinstance(rec["status"], str)
+            and is_int(rec["cpus"]) and is_int(rec["memory"]) and is_int(rec.get("attempts", 1))
+            and isinstance(fingerprint, dict) and all(isinstance(v, str) for v in fingerprint.values())
+            and (exit_ is None or (isinstance(exit_, dict) and isinstance(exit_.get("reason", ""), str)))
+            and isinstance(failures, list) and all(isinstance(h, str) for h in failures))
+
+
 RETRIED = ("crash", "timeout")  # how a cell may end by chance; "error" and "no fingerprint" repeat
 
 
