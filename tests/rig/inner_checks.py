@@ -3,14 +3,21 @@ kvm_amd): boots the real Debian cloud kernel with pvhboot once per case and prin
 ``INNER-RESULT {json}`` per case for the host-side tests (tests/rig/test_real_linux.py).
 
 Usage: python3 inner_checks.py CASES.json  — a list of {"name", "argv", "input_after",
-"input", "pty", "timeout", "marks", "retries"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When
+"input", "pty", "timeout", "marks", "retries", "expect"}.  argv[0] == "pvhboot" runs the CLI of this checkout.  When
 "input_after" is seen on the guest's output, "input" is written to pvhboot's stdin (the 16550's receive side).
 
 "retries": N boots a case again, up to N times, when the guest stopped with a triple fault or a timeout (pvhboot's
 crash report): the rare faults and hangs of a Linux guest seen only in this nested rig (README, "How the rig tier
 stays stall-proof"), the rule `pvhboot compare --retries` applies to its cells.  A case that then passes carries
 "flaky": the first attempt's crash report, and the host-side test prints it.  A VMM error, an entry failure or
-a case the harness had to kill is never retried; cases that expect a crash keep 0.
+a case the harness had to kill is never retried.  A case that provokes a crash names its console sign
+("expect"): a stop that shows it is the expected result; one before it is the bench's and is retried.
+
+Rig scripts that boot the guest themselves (tests/rig/test_virtio_linux.py's shell, test_gdb_linux.py's
+gdb sessions) apply the same rule with ``python3 inner_checks.py --retried NAME ATTEMPT STDERR_FILE``: exit
+0 and one ``INNER-RETRIED {json}`` line (name, attempt, the shortened report) when that stderr is such a
+stop, so the caller boots again; exit 1 otherwise.  rigrun.warn_about_inner_retries turns the lines into
+pytest warnings.
 """
 from __future__ import annotations
 
@@ -158,6 +165,15 @@ def shorten(report: str, keep: int = 3000) -> str:
     return report[:keep // 2] + "\n[...]\n" + (middle + "\n[...]\n" if middle else "") + report[-keep // 2:]
 
 
+def stopped_by_chance(case: dict, result: dict) -> bool:
+    """A stop to boot again: guest_stopped_at_random, except in a case that expects its guest to stop so
+    ("expect": the console sign of the crash it provokes, e.g. "Kernel panic") once that sign is there."""
+    expect = case.get("expect")
+    if expect and expect in result["stdout"] + result["stderr"]:
+        return False
+    return guest_stopped_at_random(result)
+
+
 def run_with_retries(case: dict) -> dict:
     """The last attempt's result.  One that passed after failures carries them all as ``flaky``; one
     that failed every time carries the earlier ones as ``earlier_attempts`` (its own stderr is the last)."""
@@ -169,17 +185,32 @@ def run_with_retries(case: dict) -> dict:
             return {"name": case["name"], "rc": -1, "timed_out": False, "wall": 0, "marks": {},
                     "stdout": "", "stderr": f"inner_checks: {type(e).__name__}: {e}"}
         result["attempts"] = attempt + 1
-        if not guest_stopped_at_random(result):
+        if not stopped_by_chance(case, result):
             break
         failed.append(f"attempt {attempt + 1} (wall {result['wall']} s):\n{shorten(result['stderr'])}")
-    if failed and not guest_stopped_at_random(result):
+    if failed and not stopped_by_chance(case, result):
         result["flaky"] = "\n".join(failed)
     elif len(failed) > 1:
         result["earlier_attempts"] = "\n".join(failed[:-1])
     return result
 
 
+def retried_line(name: str, attempt: int, stderr: str) -> str | None:
+    """The ``INNER-RETRIED`` line for a boot that stopped at random (guest_stopped_at_random: the caller
+    knows its exit status was not 0), else None."""
+    if not guest_stopped_at_random({"rc": 1, "stderr": stderr}):
+        return None
+    return "INNER-RETRIED " + json.dumps({"name": name, "attempt": attempt, "report": shorten(stderr)})
+
+
 def main() -> int:
+    if sys.argv[1] == "--retried":  # NAME ATTEMPT STDERR_FILE (module docstring)
+        name, attempt, path = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        with open(path, errors="replace") as f:
+            line = retried_line(name, attempt, f.read())
+        if line:
+            print(line, flush=True)
+        return 0 if line else 1
     with open(sys.argv[1]) as f:
         cases = json.load(f)
     why_not = arm_shutdown_trace()

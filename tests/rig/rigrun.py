@@ -3,6 +3,7 @@ diagnosis, says when the rig needed more than one outer boot, and a pytest time 
 outer boot run_in_rig may take end in that diagnosis rather than in pytest-timeout's traceback."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -28,6 +29,23 @@ def warn_about_recoveries(res: RigResult) -> None:
     if res.attempts > 1:
         warnings.warn(f"the rig took {res.attempts} outer boots: an earlier one stalled, never came up or "
                       f"crashed (its console: {CONSOLE_LOG.parent}/last-console-attempt*.log)", stacklevel=2)
+
+
+def warn_about_inner_retries(output: str) -> list[dict]:
+    """The ``INNER-RETRIED`` lines a rig script printed (inner_checks.py --retried: an inner boot that
+    triple-faulted or timed out and was booted again), each as a pytest warning, like the cases that
+    inner_checks.py runs itself; returned for the test to look at."""
+    retried = []
+    for line in output.splitlines():
+        if line.startswith("INNER-RETRIED "):
+            try:  # the rig's console can interleave a kernel message into a line
+                retried.append(json.loads(line.split(" ", 1)[1]))
+            except ValueError:
+                retried.append({"name": "?", "attempt": "?", "report": line})
+    for r in retried:
+        warnings.warn(f"rig case {r['name']}: triple fault or timeout, booted again (failed attempt "
+                      f"{r['attempt']} of at most {1 + INNER_RETRIES}):\n{r['report']}", stacklevel=2)
+    return retried
 
 
 def run_or_fail(script: str, timeout: float, files: dict[str, bytes] | None = None) -> RigResult:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import pytest
-from rigrun import run_or_fail, time_limit  # tests/rig/ is on sys.path
+from rigrun import INNER_RETRIES, run_or_fail, time_limit, warn_about_inner_retries  # tests/rig/ is on sys.path
 
 from pvhboot.commands.run import write_run_initramfs
 
@@ -54,6 +54,8 @@ INNER = r'''
 import json, os, re, selectors, subprocess, sys, time
 
 case = json.load(open("/rig/work/gdb-case.json"))
+sys.path.insert(0, "/rig/work")
+from inner_checks import retried_line  # noqa: E402  (the rig cases' one rule for booting again)
 BP = "boot_params"  # the kernel's struct boot_params (arch/x86/include/uapi/asm/bootparam.h offsets below)
 BOOT = [sys.executable, "-m", "pvhboot", "boot", "/tmp/vmlinux", "--initrd", "/rig/work/gdb-init.cpio",
         "--cmdline", case["cmdline"], "--memory", "256M", "--gdb", "127.0.0.1:0", "--gdb-wait"]
@@ -91,12 +93,27 @@ def session(name, extra, commands, vmm_timeout, last_marker):
     except subprocess.TimeoutExpired:
         vmm.kill()
         vout, rest = vmm.communicate()
+    stderr = (err + rest).decode(errors="replace")
     result[name] = {"gdb": out, "rc": vmm.returncode, "stdout": vout.decode(errors="replace")[-3000:],
-                    "stderr": (err + rest).decode(errors="replace")[-3000:]}
+                    "stderr": stderr[-3000:]}
+    return vmm.returncode, stderr
+
+
+def retrying(name, boot):
+    """boot() -> (exit status, stderr), called again up to case["retries"] more times while pvhboot says
+    the guest triple-faulted or timed out (the nested bench's random faults; inner_checks.py); each
+    failed attempt is an INNER-RETRIED line, a warning on the host side."""
+    for attempt in range(1 + case["retries"]):
+        rc, stderr = boot()
+        line = retried_line(name, attempt + 1, stderr) if rc != 0 and attempt < case["retries"] else None
+        if not line:
+            return
+        print(line, flush=True)
 
 
 def kallsyms():
     """start_kernel and boot_params from a plain boot's /proc/kallsyms (the init prints KSYM lines)."""
+    p = None
     try:
         p = subprocess.run([sys.executable, "-m", "pvhboot", "boot", "/tmp/vmlinux", "--initrd",
                             "/rig/work/syms-init.cpio", "--cmdline", "console=ttyS0 quiet panic=-1 reboot=t",
@@ -110,10 +127,11 @@ def kallsyms():
     result["syms"] = syms
     if len(syms) != 2:
         result["syms_out"] = out.decode(errors="replace")[-3000:]
-    return syms
+    return (p.returncode, p.stderr.decode(errors="replace")) if p else (0, "")  # a harness timeout: no retry
 
 
-syms = kallsyms()
+retrying("gdb-kallsyms", kallsyms)
+syms = result["syms"]
 at_start_kernel = []
 if len(syms) == 2:
     bp = syms["boot_params"]
@@ -125,14 +143,14 @@ if len(syms) == 2:
         f"printf \"BP_E820=%d\\n\", *(unsigned char *){bp + 0x1e8:#x}",  # e820_entries
         "delete",
     ]
-session("run", ["--timeout", "400"], [
+retrying("gdb-run", lambda: session("run", ["--timeout", "120"], [
     "echo @entry\\n", "p/x $pc", "x/2wx $ebx", f"x/s *(unsigned long *)($rbx + {case['cmdline_paddr']})",
     f"printf \"SI_CMDLINE=%#x\\n\", *(unsigned int *)($rbx + {case['cmdline_paddr']})",
     "monitor mechanisms",
     "stepi 3", "echo @step\\n", "p/x $pc",
     *at_start_kernel,
     "echo @run\\n", "continue",
-], 120, "@run")
+], 120, "@run"))
 session("int3", ["--timeout", "30"], [
     "monitor swbreak int3", f"break *{case['entry_int3']:#x}", "echo @go\\n", "continue",
     "echo @after\\n", "p/x $pc", "kill",
@@ -179,8 +197,9 @@ def gdb_linux(debian_vmlinux) -> dict:
                     "(scripts/setup-tests.sh does it)")
     entry, startup_64, insns = _entry_instructions(debian_vmlinux)
     case = {"cmdline": CMDLINE, "entry_int3": insns[2], "startup_64": startup_64,
-            "cmdline_paddr": CMDLINE_PADDR}
+            "cmdline_paddr": CMDLINE_PADDR, "retries": INNER_RETRIES}
     files = {"rig/work/gdb-inner.py": INNER.encode(), "rig/work/gdb-case.json": json.dumps(case).encode(),
+             "rig/work/inner_checks.py": (Path(__file__).resolve().parent / "inner_checks.py").read_bytes(),
              "rig/work/gdb-init.cpio": _init_cpio(["echo", "GDB-USERSPACE-UP"]),
              "rig/work/syms-init.cpio": _init_cpio(["sh", "-c", "grep -E ' (start_kernel|boot_params)$' "
                                                    "/proc/kallsyms | sed 's/^/KSYM /'"]),
@@ -197,6 +216,7 @@ def gdb_linux(debian_vmlinux) -> dict:
     line = next((ln for ln in res.output.splitlines() if ln.startswith("INNER-GDB ")), None)
     assert line, f"no result from inside the rig (rc={res.rc}):\n{res.output[-4000:]}"
     result = json.loads(line[len("INNER-GDB "):])
+    warn_about_inner_retries(res.output)
     result.update(entry=entry, startup_64=startup_64, insns=insns, rig_wall_s=round(time.monotonic() - start, 1))
     print("\nrig gdb timings:", json.dumps({k: v for k, v in result.items() if k.endswith(("wall", "wall_s"))}))
     return result

@@ -87,10 +87,10 @@ CASES = [
     _boot("linux32-bzimage", "/rig/guest/vmlinuz", "linux32", 1, BASE_CMDLINE),
     # A missing init panics; panic=-1 reboot=t turns that into a triple fault -> crash report.
     _boot("panic-reboot", "/tmp/vmlinux", "pvh", 1, BASE_CMDLINE + " rdinit=/nonexistent",
-          initrd="/rig/guest/hello.cpio", retries=0),
+          initrd="/rig/guest/hello.cpio", expect="Kernel panic"),
     # Without panic=, the kernel spins in panic(): --timeout stops it with a report.
     _boot("panic-timeout", "/tmp/vmlinux", "pvh", 1, "console=ttyS0 quiet rdinit=/nonexistent",
-          initrd="/rig/guest/hello.cpio", timeout=15, retries=0),
+          initrd="/rig/guest/hello.cpio", timeout=15, expect="Kernel panic"),
     # The command ends with a burst (4x the tty's 4 KiB transmit buffer), so the buffer is full when
     # it exits: /init must not power off before the UART has sent it all (commands/run.py POWEROFF).
     {"name": "run", "timeout": 150, "marks": ["run-says-hi"], "retries": INNER_RETRIES,

@@ -68,6 +68,19 @@ def test_only_an_early_triple_fault_is_retried(tmp_path, outcomes, retries, rc, 
         assert result["flaky"].startswith("attempt 1 (wall ") and HEADS[outcomes[0]] in result["flaky"]
 
 
+def test_a_case_that_provokes_a_crash_is_retried_only_before_its_sign(tmp_path):
+    # The panic cases end in a triple fault or a timeout by design: with "expect" (the console sign of
+    # the crash they provoke) that stop is their result, and only a stop before the sign is booted again.
+    case = _case(tmp_path, ["fault", "late"], 2)
+    case["expect"] = "MARK-UP"  # 'late' prints it, then stops like the panic cases do
+    result = inner_checks.run_with_retries(case)
+    assert (result["rc"], result["attempts"]) == (1, 2) and HEADS["fault"] in result["flaky"]
+    case = _case(tmp_path, ["late", "ok"], 2)
+    case["expect"] = "MARK-UP"
+    result = inner_checks.run_with_retries(case)
+    assert (result["rc"], result["attempts"]) == (1, 1) and "flaky" not in result
+
+
 def test_every_failed_attempt_is_kept(tmp_path):
     # With two retries a case can fail twice: both show, in order, whether it then passed or not.
     result = inner_checks.run_with_retries(_case(tmp_path, ["timeout", "fault", "ok"], 2))
@@ -128,3 +141,115 @@ def test_a_shortened_report_keeps_the_first_sign_of_trouble_pvhboot_printed():
     assert short.endswith(report[-500:])
     assert inner_checks.shorten(report, len(report)) == report
     assert inner_checks.first_trouble("pvhboot: guest stopped: timeout\nlast 3 console lines:\n") == ""
+
+
+# Rig scripts that boot the guest themselves (the virtio group's shell, the gdb group's sessions) ask
+# `inner_checks.py --retried` whether to boot again: the same rule, through a file and an exit status.
+INNER_CHECKS = Path(__file__).resolve().parents[1] / "rig" / "inner_checks.py"
+
+
+@pytest.mark.parametrize("kind,retried", [("fault", True), ("timeout", True), ("vmm", False), ("other", False)])
+def test_the_retried_command_applies_the_rule_to_a_saved_stderr(tmp_path, kind, retried):
+    import json
+    import subprocess
+
+    err = tmp_path / "err"
+    err.write_text("pvhboot run: the guest stopped before the command finished; its console:\n  [ 0.6] x\n"
+                   + HEADS[kind] + "\n" + "  RIP=0x0\n" * 2000)
+    p = subprocess.run([sys.executable, str(INNER_CHECKS), "--retried", "disk", "2", str(err)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == (0 if retried else 1), p.stderr
+    if not retried:
+        assert p.stdout == ""
+        return
+    line, = p.stdout.splitlines()
+    record = json.loads(line.removeprefix("INNER-RETRIED "))
+    assert (record["name"], record["attempt"]) == ("disk", 2)
+    assert HEADS[kind] in record["report"] and len(record["report"]) < 5000  # shortened, head kept
+
+
+def test_the_host_side_warns_once_per_retried_boot(recwarn):
+    sys.path.insert(0, str(INNER_CHECKS.parent))
+    try:
+        from rigrun import warn_about_inner_retries
+    finally:
+        sys.path.remove(str(INNER_CHECKS.parent))
+    good = inner_checks.retried_line("fs", 1, HEADS["timeout"] + "\nregisters")
+    out = "== fs\r\n" + good + "\r\nFS-RC=0\r\nINNER-RETRIED {\"name\": [   7.1] kvm: interleaved\r\n"
+    records = warn_about_inner_retries(out)
+    assert [r["name"] for r in records] == ["fs", "?"]
+    texts = [str(w.message) for w in recwarn]
+    assert len(texts) == 2 and texts[0].startswith("rig case fs: triple fault or timeout, booted again "
+                                                   "(failed attempt 1 of at most 3)")
+    assert HEADS["timeout"] in texts[0] and "interleaved" in texts[1]
+    assert warn_about_inner_retries("== fs\nFS-RC=0\n") == []
+
+
+def test_the_virtio_scripts_boot_loop_retries_only_random_stops(tmp_path):
+    # The shell function of tests/rig/test_virtio_linux.py, run by the host's sh with a stand-in boot
+    # command: a triple fault, then success -> one INNER-RETRIED line and the successful attempt's
+    # output only; a VMM error is never booted again; three random stops end with the last one.
+    import re
+    import subprocess
+
+    sys.path.insert(0, str(INNER_CHECKS.parent))
+    try:
+        import test_virtio_linux
+    finally:
+        sys.path.remove(str(INNER_CHECKS.parent))
+    func = re.search(r"^retrying\(\) \{.*?^\}$", test_virtio_linux.SCRIPT, re.M | re.S).group(0)
+    (tmp_path / "inner_checks.py").write_bytes(INNER_CHECKS.read_bytes())
+
+    def run(outcomes):
+        case = _case(tmp_path, outcomes, 0)
+        script = f"W={tmp_path}\n{func}\nretrying disk {' '.join(map(_sh_quote, case['argv']))}\necho RC=$?\n"
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+    p = run(["fault", "ok"])
+    assert p.stdout.count("INNER-RETRIED ") == 1 and '"name": "disk", "attempt": 1' in p.stdout
+    assert p.stdout.count("MARK-UP") == 1 and p.stdout.rstrip().endswith("RC=0") and p.stderr == ""
+    p = run(["vmm", "ok"])
+    assert "INNER-RETRIED" not in p.stdout and p.stdout.rstrip().endswith("RC=1") and HEADS["vmm"] in p.stderr
+    p = run(["timeout", "fault", "timeout", "ok"])
+    assert p.stdout.count("INNER-RETRIED ") == 2 and p.stdout.rstrip().endswith("RC=1")
+    assert HEADS["timeout"] in p.stderr  # the last attempt's own report
+
+
+def _sh_quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+def test_the_gdb_groups_sessions_boot_again_only_on_random_stops(capsys):
+    # The `retrying` of tests/rig/test_gdb_linux.py's in-rig script, run here on stand-in boots.
+    import re
+
+    sys.path.insert(0, str(INNER_CHECKS.parent))
+    try:
+        import test_gdb_linux
+    finally:
+        sys.path.remove(str(INNER_CHECKS.parent))
+    compile(test_gdb_linux.INNER, "gdb-inner.py", "exec")  # the whole script at least parses
+    src = re.search(r"^def retrying\(.*?(?=^\S)", test_gdb_linux.INNER, re.M | re.S).group(0)
+    ns = {"case": {"retries": 2}, "retried_line": inner_checks.retried_line}
+    exec(src, ns)
+
+    def boots(*outcomes):
+        it = iter(outcomes)
+        calls = []
+
+        def boot():
+            calls.append(1)
+            rc, kind = next(it)
+            return rc, HEADS.get(kind, "") + "\nmore"
+        return boot, calls
+
+    boot, calls = boots((1, "fault"), (0, "ok"))
+    ns["retrying"]("gdb-run", boot)
+    assert len(calls) == 2 and capsys.readouterr().out.count("INNER-RETRIED ") == 1
+    boot, calls = boots((1, "vmm"), (0, "ok"))
+    ns["retrying"]("gdb-run", boot)
+    assert len(calls) == 1 and capsys.readouterr().out == ""
+    boot, calls = boots((1, "timeout"), (1, "fault"), (1, "timeout"), (0, "ok"))
+    ns["retrying"]("gdb-kallsyms", boot)
+    assert len(calls) == 3 and capsys.readouterr().out.count("INNER-RETRIED ") == 2
